@@ -1,0 +1,1 @@
+"""genfs: generic getpages/putpages over per-file objects (~ sys/miscfs/genfs)."""

@@ -1,0 +1,4 @@
+"""Pagers: the vnode pager, the anonymous-object pager and the swap pager.
+
+(~ uvm_vnode.c, uvm_aobj.c, uvm_swap.c)
+"""
