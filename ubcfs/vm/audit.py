@@ -1,0 +1,266 @@
+"""The DIAGNOSTIC checker: proves the whole-machine invariants (reference section 11.1).
+
+``audit(uvm)`` recounts everything from scratch and returns one line per violation;
+``check(uvm)`` panics with all of them.  It runs after every test that built a machine, after
+every step of the stateful tests, and behind ``ubcfs check`` on a live mount.  Each rule is a
+small function so that a violation names the rule that caught it.
+
+Rules checked (numbers as in the reference):
+  1  every frame in exactly one state; free lists and queues agree with the page flags and
+     with the counts; known-zero free pages are zero
+  2  wired pages are on no paging queue; ``wired`` equals the recount
+  3  ``paging`` equals the PG_PAGEOUT count; PG_PAGEOUT pages are busy and unqueued
+  4  flag implications (WANTED/RELEASED/PAGEOUT/FAKE need BUSY; not RELEASED and PAGEOUT;
+     PQ_FREE excludes everything else; PG_ZERO only on unqueued pages)
+  5  owner consistency: object tables and page identities agree both ways; anon pages
+  7  free pages have no mapping (part of 4)
+  9  pv lists and page tables correspond one to one; pmap statistics; the pv pool
+  10 no writable managed mapping of a PG_RDONLY page
+  11 stale-translation bookkeeping agrees with the pmaps
+  and: an owned page that is not busy, not wired and on no queue is lost.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ubcfs.vm.diag import Panic
+from ubcfs.vm.page import (
+    PG_BUSY,
+    PG_FAKE,
+    PG_PAGEOUT,
+    PG_RDONLY,
+    PG_RELEASED,
+    PG_TABLED,
+    PG_WANTED,
+    PG_ZERO,
+    PQ_ANON,
+    PQ_AOBJ,
+    PQ_FREE,
+    PQ_QUEUES,
+    PageQueue,
+    VmPage,
+)
+from ubcfs.vm.param import Prot
+
+if TYPE_CHECKING:
+    from ubcfs.vm.uvm import Uvm
+
+_P_WRITE = Prot.WRITE.value
+
+
+def audit(uvm: Uvm) -> list[str]:
+    """Check every invariant of ``uvm``; return the violations (empty when sound)."""
+    out: list[str] = []
+    _check_free_lists(uvm, out)
+    _check_queue(uvm, uvm.active, out)
+    _check_queue(uvm, uvm.inactive, out)
+    _check_pages(uvm, out)
+    _check_objects(uvm, out)
+    _check_pmaps(uvm, out)
+    return out
+
+
+def check(uvm: Uvm) -> None:
+    """Panic listing every violated invariant of ``uvm``."""
+    bad = audit(uvm)
+    if bad:
+        raise Panic(f"{len(bad)} invariant violation(s):\n  " + "\n  ".join(bad))
+
+
+def _check_free_lists(uvm: Uvm, out: list[str]) -> None:
+    exp = uvm.uvmexp
+    seen: set[int] = set()
+    for name, lst in (("free_zero", uvm.free_zero), ("free_unknown", uvm.free_unknown)):
+        for pg in lst:
+            if id(pg) in seen:
+                out.append(f"[1] {pg!r} twice on the free lists")
+            seen.add(id(pg))
+            if not pg.pqflags & PQ_FREE:
+                out.append(f"[1] {pg!r} on {name} without PQ_FREE")
+    if len(seen) != exp.free:
+        out.append(f"[1] free count {exp.free} but {len(seen)} pages on the free lists")
+    if len(uvm.free_zero) != exp.zeropages:
+        out.append(f"[1] zeropages {exp.zeropages} but {len(uvm.free_zero)} on free_zero")
+    for pg in uvm.free_zero:
+        if not pg.flags & PG_ZERO:
+            out.append(f"[1] {pg!r} on free_zero without PG_ZERO")
+        elif not uvm.physmem.is_zero(pg.phys_addr):
+            out.append(f"[1] {pg!r} is PG_ZERO but its frame is not zero")
+    for pg in uvm.free_unknown:
+        if pg.flags & PG_ZERO:
+            out.append(f"[1] {pg!r} on free_unknown with PG_ZERO")
+    npfree = sum(1 for pg in uvm.pages if pg.pqflags & PQ_FREE)
+    if npfree != len(seen):
+        out.append(f"[1] {npfree} pages have PQ_FREE but {len(seen)} are on the free lists")
+
+
+def _check_queue(uvm: Uvm, q: PageQueue, out: list[str]) -> None:
+    n = 0
+    prev: VmPage | None = None
+    pg = q.head
+    limit = uvm.uvmexp.npages + 1
+    while pg is not None and n < limit:
+        if pg.pqprev is not prev:
+            out.append(f"[1] {q.name} queue: back link of {pg!r} broken")
+        if not pg.pqflags & q.pqflag:
+            out.append(f"[1] {pg!r} on {q.name} queue without its PQ flag")
+        n += 1
+        prev, pg = pg, pg.pqnext
+    if n >= limit:
+        out.append(f"[1] {q.name} queue has a cycle")
+    if q.tail is not prev:
+        out.append(f"[1] {q.name} queue: tail pointer broken")
+    if n != q.count:
+        out.append(f"[1] {q.name} queue holds {n} pages but counts {q.count}")
+    expected = uvm.uvmexp.active if q is uvm.active else uvm.uvmexp.inactive
+    if n != expected:
+        out.append(f"[1] uvmexp.{q.name} is {expected} but the queue holds {n}")
+    recount = sum(1 for p in uvm.pages if p.pqflags & q.pqflag)
+    if recount != n:
+        out.append(f"[1] {recount} pages carry the {q.name} PQ flag but {n} are queued")
+
+
+def _check_pages(uvm: Uvm, out: list[str]) -> None:
+    exp = uvm.uvmexp
+    wired = paging = filepages = anonpages = kernelpages = 0
+    for pg in uvm.pages:
+        f, q = pg.flags, pg.pqflags
+        if q & PQ_FREE:
+            if q != PQ_FREE or f & ~PG_ZERO:
+                out.append(f"[4] free {pg!r} carries other flags")
+            if pg.uobject is not None or pg.uanon is not None or pg.offset != -1:
+                out.append(f"[4] free {pg!r} has an owner")
+            if pg.wire_count or pg.loan_count:
+                out.append(f"[4] free {pg!r} is wired or loaned")
+            if pg.pvlist:
+                out.append(f"[7] free {pg!r} is still mapped")
+            continue
+        if (q & PQ_QUEUES) == PQ_QUEUES:
+            out.append(f"[4] {pg!r} on both paging queues")
+        if pg.wire_count < 0 or pg.loan_count < 0:
+            out.append(f"[2] {pg!r} has a negative wire or loan count")
+        if pg.wire_count:
+            wired += 1
+            if q & PQ_QUEUES:
+                out.append(f"[2] wired {pg!r} is on a paging queue")
+        if f & PG_PAGEOUT:
+            paging += 1
+            if q & PQ_QUEUES:
+                out.append(f"[3] PG_PAGEOUT {pg!r} is on a paging queue")
+        if not f & PG_BUSY and f & (PG_WANTED | PG_RELEASED | PG_PAGEOUT | PG_FAKE):
+            out.append(f"[4] {pg!r} has WANTED/RELEASED/PAGEOUT/FAKE without BUSY")
+        if f & PG_RELEASED and f & PG_PAGEOUT:
+            out.append(f"[4] {pg!r} is both RELEASED and PAGEOUT")
+        if f & PG_ZERO and q & PQ_QUEUES:
+            out.append(f"[4] PG_ZERO {pg!r} is on a paging queue")
+        owned = pg.uobject is not None or pg.uanon is not None
+        if pg.uobject is not None:
+            if pg.uobject.is_aobj:
+                anonpages += 1
+            else:
+                filepages += 1
+            if bool(q & PQ_AOBJ) != pg.uobject.is_aobj:
+                out.append(f"[5] {pg!r}: PQ_AOBJ does not match its object")
+            if not f & PG_TABLED:
+                out.append(f"[5] object page {pg!r} without PG_TABLED")
+            elif pg.uobject.pages.get(pg.offset) is not pg:
+                out.append(f"[5] {pg!r} not found by lookup in its object")
+        elif pg.uanon is not None:
+            anonpages += 1
+            if not q & PQ_ANON:
+                out.append(f"[5] anon page {pg!r} without PQ_ANON")
+            if pg.uanon.page is not pg:
+                out.append(f"[5] {pg!r}: its anon's page is another")
+        else:
+            kernelpages += 1
+            if q & (PQ_ANON | PQ_AOBJ | PQ_QUEUES):
+                out.append(f"[5] objectless {pg!r} carries owner or queue flags")
+        if owned and not q & PQ_QUEUES and not pg.wire_count and not f & PG_BUSY:
+            out.append(f"[1] {pg!r} is lost: owned, not busy, not wired and on no queue")
+        if pg.pvlist is not None and f & PG_RDONLY:
+            for pte in pg.pvlist:
+                if pte.prot & _P_WRITE:
+                    out.append(f"[10] PG_RDONLY {pg!r} has a writable mapping")
+    for name, counted, kept in (
+        ("wired", wired, exp.wired),
+        ("paging", paging, exp.paging),
+        ("filepages", filepages, exp.filepages),
+        ("anonpages", anonpages, exp.anonpages),
+        ("kernelpages", kernelpages, exp.kernelpages),
+    ):
+        if counted != kept:
+            out.append(f"[2] uvmexp.{name} is {kept} but {counted} pages qualify")
+    total = exp.free + exp.filepages + exp.anonpages + exp.kernelpages
+    if total != exp.npages:
+        out.append(f"[1] free+file+anon+kernel pages = {total}, not npages {exp.npages}")
+    if not 0 <= exp.free <= exp.npages:
+        out.append(f"[1] free count {exp.free} out of range")
+    if not 0 < exp.reserve_pagedaemon <= exp.reserve_kernel < exp.freemin < exp.freetarg:
+        out.append("[1] reserve/target order broken: want 0 < pd <= kernel < freemin < freetarg")
+
+
+def _check_objects(uvm: Uvm, out: list[str]) -> None:
+    for obj in list(uvm.objects):
+        for off, pg in obj.pages.items():
+            if pg.uobject is not obj or pg.offset != off:
+                out.append(f"[5] {obj.name}@{off:#x} holds {pg!r}, which is not its page")
+            if pg.pqflags & PQ_FREE:
+                out.append(f"[5] {obj.name}@{off:#x} holds free page {pg!r}")
+
+
+def _check_pmaps(uvm: Uvm, out: list[str]) -> None:
+    shift = uvm.page_shift
+    managed = 0
+    kentered: dict[int, int] = {}
+    stale_refs: dict[int, int] = {}
+    for pmap in list(uvm.pmaps):
+        nwired = 0
+        for vpn, pte in pmap.ptes.items():
+            if pte.pmap is not pmap or pte.va >> shift != vpn:
+                out.append(f"[9] {pmap.name} vpn {vpn:#x} holds foreign {pte!r}")
+            if pte.wired:
+                nwired += 1
+            pg = pte.pg
+            if pg is None:
+                if not pmap.is_kernel:
+                    out.append(f"[9] kenter mapping {pte!r} in a user pmap")
+                if not pte.wired:
+                    out.append(f"[9] kenter mapping {pte!r} is not wired")
+                kentered[pte.pa] = kentered.get(pte.pa, 0) + 1
+                continue
+            managed += 1
+            if pg.pqflags & PQ_FREE:
+                out.append(f"[7] {pte!r} maps free page {pg!r}")
+            if pte.pa != pg.phys_addr:
+                out.append(f"[9] {pte!r} does not match its page's frame")
+            if pg.pvlist is None or not any(p is pte for p in pg.pvlist):
+                out.append(f"[9] {pte!r} missing from its page's pv list")
+        if pmap.resident_count != len(pmap.ptes):
+            out.append(
+                f"[9] {pmap.name} resident_count {pmap.resident_count}, has {len(pmap.ptes)}"
+            )
+        if pmap.wired_count != nwired:
+            out.append(f"[9] {pmap.name} wired_count {pmap.wired_count}, has {nwired}")
+        for lst in pmap.stale.values():
+            for pte in lst:
+                stale_refs[pte.pa] = stale_refs.get(pte.pa, 0) + 1
+    npv = 0
+    for pg in uvm.pages:
+        if pg.pvlist is None:
+            continue
+        if not pg.pvlist:
+            out.append(f"[9] {pg!r} has an empty (not None) pv list")
+        for pte in pg.pvlist:
+            npv += 1
+            p = pte.pmap
+            if p.ptes.get(pte.va >> shift) is not pte:
+                out.append(f"[9] pv entry {pte!r} of {pg!r} is not in its pmap")
+    if npv != managed:
+        out.append(f"[9] {npv} pv entries but {managed} managed mappings")
+    if uvm.pv_total - uvm.pv_free != managed:
+        out.append(f"[9] pv pool: {uvm.pv_total - uvm.pv_free} entries in use, {managed} mappings")
+    if kentered != uvm.kentered:
+        out.append("[9] kenter bookkeeping disagrees with the kernel pmap")
+    if stale_refs != uvm.stale_refs:
+        out.append("[11] stale-translation bookkeeping disagrees with the pmaps")

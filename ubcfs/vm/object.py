@@ -1,0 +1,98 @@
+"""Memory objects: a container of pages looked up by offset (~ uvm_object.h, uvm_object.c).
+
+A ``UvmObject`` is a vnode's page container (a file's cache) or an anonymous object's.
+Its pages live in a dict keyed by byte offset, so lookup, insertion and removal are O(1), and
+walking a range costs the smaller of the range and the resident set.  The pager operations
+that fill and clean it are attached by the layer above (genfs, the aobj pager) through the
+``pgops`` protocol, which this core only names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ubcfs.vm.diag import SimpleLock
+
+if TYPE_CHECKING:
+    from ubcfs.vm.page import VmPage
+    from ubcfs.vm.uvm import Uvm
+
+
+class PagerOps(Protocol):
+    """The pager operations vector (kernel: struct uvm_pagerops after the 2001 rewrite:
+    pgo_get and pgo_put; reference/detach are the object's own refcount here).
+
+    Both return an errno: 0, EIO, EAGAIN, EBUSY or ERESTART.  An asynchronous request returns
+    0 once started, and its completion (aiodone) does all post-I/O work.
+    """
+
+    async def get(
+        self, uobj: UvmObject, offset: int, npages: int, access: int, flags: int
+    ) -> tuple[int, list[VmPage | None]]: ...
+
+    async def put(self, uobj: UvmObject, start: int, end: int, flags: int) -> int: ...
+
+
+class UvmObject:
+    """A memory object (kernel: struct uvm_object).
+
+    Attributes:
+        name: for messages and audits.
+        pages: offset -> resident page (kernel: memq + the global page hash).
+        refs: reference count (kernel: uo_refs).
+        is_aobj: an anonymous object (its pages are PQ_AOBJ, swap backed).
+        pgops: the pager operations, attached by the layer that owns the object.
+        vmobjlock: the object lock, an assertion-checked owner flag.
+        generation: bumped whenever pages are removed or the object is resized, so a task
+            that slept can tell that what it looked up may be gone (fault relock rule).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "generation",
+        "is_aobj",
+        "name",
+        "pages",
+        "pgops",
+        "refs",
+        "uvm",
+        "vmobjlock",
+    )
+
+    def __init__(
+        self, uvm: Uvm, name: str, is_aobj: bool = False, pgops: PagerOps | None = None
+    ) -> None:
+        self.uvm = uvm
+        self.name = name
+        self.is_aobj = is_aobj
+        self.pgops = pgops
+        self.pages: dict[int, VmPage] = {}
+        self.refs = 1
+        self.vmobjlock = SimpleLock(f"vmobjlock:{name}")
+        self.generation = 0
+        uvm.objects.add(self)
+
+    @property
+    def npages(self) -> int:
+        """Resident page count (kernel: uo_npages)."""
+        return len(self.pages)
+
+    def pages_in_range(self, start: int, end: int) -> list[VmPage]:
+        """Resident pages with start <= offset < end, in ascending offset order.
+
+        Costs O(min(range pages, resident pages) · log), never O(file size).
+        """
+        pages = self.pages
+        ps = self.uvm.page_size
+        first = start - start % ps
+        if (end - first) // ps <= len(pages):
+            out = []
+            for off in range(first, end, ps):
+                pg = pages.get(off)
+                if pg is not None and off >= start:
+                    out.append(pg)
+            return out
+        return [pages[off] for off in sorted(o for o in pages if start <= o < end)]
+
+    def __repr__(self) -> str:
+        return f"<UvmObject {self.name} npages={len(self.pages)} refs={self.refs}>"

@@ -1,0 +1,556 @@
+"""Physical pages: ``VmPage``, its flags, the paging queues, allocation and freeing, and
+busy/wanted sleeping (~ uvm_page.h, uvm_page.c, uvm_page_i.h).
+
+Theory of operation
+-------------------
+Every frame of simulated physical memory has one ``VmPage`` record, made when the machine
+is built and never destroyed.  A page is in exactly one of these states:
+
+=========  ==========================================================================
+free       on one of the two free lists (known-zero or not); PQ_FREE; no owner
+active     owned (object or anon), on the active queue (PQ_ACTIVE)
+inactive   owned, on the inactive queue (PQ_INACTIVE); it keeps its mappings
+wired      ``wire_count > 0``; on no paging queue
+off-queue  busy in flight: freshly allocated (PG_BUSY), or under pageout (PG_PAGEOUT);
+           or an objectless kernel page (mapped with ``pmap_kenter_pa``)
+=========  ==========================================================================
+
+Locking, in the ubcfs sense (see ``ubcfs.vm.diag``): plain functions here never sleep, so
+they run atomically.  ``pagealloc`` asserts (under DIAGNOSTIC) that the owner object or anon
+is locked, as Thorpe's assertion in uvm_pagealloc_strat does.  ``PG_BUSY`` is the only
+ownership that survives an ``await``: whoever busies a page owns its identity and contents
+until ``page_unbusy``; others set ``PG_WANTED`` and sleep in ``pagewait``.
+
+Flags are stored as plain ints.  ``PG``/``PQ``/``PGA`` are the readable ``enum.Flag`` views
+(``pg.pgflags`` shows ``PG.BUSY|PG.CLEAN``); the ``PG_*`` int constants, spelled as in the
+kernel, are what the hot paths use, because ``enum.Flag`` arithmetic costs about a
+microsecond per operation (design.md section 2).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ubcfs.vm import diag
+from ubcfs.vm.diag import panic
+from ubcfs.vm.param import Prot
+from ubcfs.vm.pmap import Pte, pmap_page_protect
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ubcfs.vm.anon import VmAnon
+    from ubcfs.vm.object import UvmObject
+    from ubcfs.vm.uvm import Uvm
+
+
+class PG(enum.Flag):
+    """Page flags (kernel: PG_*), protected by the owner lock."""
+
+    NONE = 0
+    BUSY = 0x0001  # owned for a long operation; survives an await
+    WANTED = 0x0002  # someone sleeps until BUSY clears
+    TABLED = 0x0004  # in its object's page table
+    CLEAN = 0x0008  # equals the backing copy, as far as UVM knows (see pmap modified bit)
+    PAGEOUT = 0x0010  # busy for a pagedaemon pageout: free at I/O completion; revocable
+    RELEASED = 0x0020  # busy page to be freed when unbusied; irrevocable
+    FAKE = 0x0040  # contents not valid yet
+    RDONLY = 0x0080  # map read-only even in writable mappings
+    ZERO = 0x0100  # known to be all zeroes (free or unqueued pages only)
+    PAGER1 = 0x1000  # private to the pager
+
+
+class PQ(enum.Flag):
+    """Page-queue flags (kernel: PQ_*), protected by the page-queue lock."""
+
+    NONE = 0
+    FREE = 0x0001
+    INACTIVE = 0x0002
+    ACTIVE = 0x0004
+    ANON = 0x0010  # owned by ``uanon``
+    AOBJ = 0x0020  # owned by an anonymous object
+    SWAPBACKED = ANON | AOBJ
+
+
+class PGA(enum.Flag):
+    """Allocation flags (kernel: UVM_PGA_*)."""
+
+    NONE = 0
+    USERESERVE = 0x0001  # may dip into the kernel reserve (pmap, pagedaemon)
+    ZERO = 0x0002  # return a zeroed page (and so not clean)
+    # The kernel tests ``curproc == uvm.pagedaemon_proc``; here the caller says so.
+    PDAEMON = 0x0100
+
+
+# Int views of the flags, for hot paths.
+PG_BUSY: Final = PG.BUSY.value
+PG_WANTED: Final = PG.WANTED.value
+PG_TABLED: Final = PG.TABLED.value
+PG_CLEAN: Final = PG.CLEAN.value
+PG_PAGEOUT: Final = PG.PAGEOUT.value
+PG_RELEASED: Final = PG.RELEASED.value
+PG_FAKE: Final = PG.FAKE.value
+PG_RDONLY: Final = PG.RDONLY.value
+PG_ZERO: Final = PG.ZERO.value
+PG_PAGER1: Final = PG.PAGER1.value
+
+PQ_FREE: Final = PQ.FREE.value
+PQ_INACTIVE: Final = PQ.INACTIVE.value
+PQ_ACTIVE: Final = PQ.ACTIVE.value
+PQ_ANON: Final = PQ.ANON.value
+PQ_AOBJ: Final = PQ.AOBJ.value
+PQ_SWAPBACKED: Final = PQ.SWAPBACKED.value
+PQ_QUEUES: Final = PQ_ACTIVE | PQ_INACTIVE
+
+PGA_USERESERVE: Final = PGA.USERESERVE.value
+PGA_ZERO: Final = PGA.ZERO.value
+PGA_PDAEMON: Final = PGA.PDAEMON.value
+
+# Flags a freshly allocated page carries; precomputed (see module docstring).
+_PG_NEW: Final = PG_BUSY | PG_CLEAN | PG_FAKE
+_PG_NEW_ZEROED: Final = PG_BUSY | PG_FAKE
+
+POISON_BYTE: Final = 0xDE
+
+
+class VmPage:
+    """One page frame's record (kernel: struct vm_page).
+
+    Attributes:
+        flags: PG_* bits (int).
+        pqflags: PQ_* bits (int).
+        uobject: owning object, or None.
+        uanon: owning anon, or None.
+        offset: byte offset in ``uobject`` (-1 when free).
+        phys_addr: the frame: byte offset into the physmem arena (constant).
+        wire_count: number of wirings; > 0 keeps the page off the paging queues.
+        loan_count: number of active loans (kept for the model; loaning is not simulated).
+        pqprev, pqnext: links in the active or inactive queue (kernel: pageq).
+        pvlist: the pmap's managed mappings of this page (pv entries), or None.
+        mdattrs: the pmap's referenced/modified attributes (MD_*).
+        waitev: the trio Event of the current busy period, made by the first waiter.
+        owner_tag: who busied the page and why (kernel: owner_tag), under DIAGNOSTIC.
+    """
+
+    __slots__ = (
+        "flags",
+        "loan_count",
+        "mdattrs",
+        "offset",
+        "owner_tag",
+        "phys_addr",
+        "pqflags",
+        "pqnext",
+        "pqprev",
+        "pvlist",
+        "uanon",
+        "uobject",
+        "waitev",
+        "wire_count",
+    )
+
+    flags: int
+    pqflags: int
+    uobject: UvmObject | None
+    uanon: VmAnon | None
+    offset: int
+    phys_addr: int
+    wire_count: int
+    loan_count: int
+    pqprev: VmPage | None
+    pqnext: VmPage | None
+    pvlist: list[Pte] | None
+    mdattrs: int
+    waitev: trio.Event | None
+    owner_tag: str | None
+
+    def __init__(self, phys_addr: int) -> None:
+        self.flags = PG_ZERO  # a fresh anonymous mmap reads as zeroes
+        self.pqflags = PQ_FREE
+        self.uobject = None
+        self.uanon = None
+        self.offset = -1
+        self.phys_addr = phys_addr
+        self.wire_count = 0
+        self.loan_count = 0
+        self.pqprev = None
+        self.pqnext = None
+        self.pvlist = None
+        self.mdattrs = 0
+        self.waitev = None
+        self.owner_tag = None
+
+    @property
+    def pgflags(self) -> PG:
+        """The flags as a readable ``PG`` value."""
+        return PG(self.flags)
+
+    @property
+    def pqstate(self) -> PQ:
+        """The queue flags as a readable ``PQ`` value."""
+        return PQ(self.pqflags)
+
+    def __repr__(self) -> str:
+        owner = (
+            f"obj={self.uobject.name}@{self.offset:#x}"
+            if self.uobject is not None
+            else "anon"
+            if self.uanon is not None
+            else "none"
+        )
+        return (
+            f"<VmPage pa={self.phys_addr:#x} {owner} {self.pgflags!s} {self.pqstate!s}"
+            f" wire={self.wire_count}>"
+        )
+
+
+class PageQueue:
+    """A paging queue: FIFO by insertion, O(1) insert, remove and pop (kernel: pglist).
+
+    Intrusive doubly-linked list through ``VmPage.pqprev/pqnext``: no per-entry allocation.
+    """
+
+    __slots__ = ("count", "head", "name", "pqflag", "tail")
+
+    def __init__(self, name: str, pqflag: int) -> None:
+        self.name = name
+        self.pqflag = pqflag
+        self.head: VmPage | None = None
+        self.tail: VmPage | None = None
+        self.count = 0
+
+    def insert_tail(self, pg: VmPage) -> None:
+        tail = self.tail
+        pg.pqprev = tail
+        pg.pqnext = None
+        if tail is None:
+            self.head = pg
+        else:
+            tail.pqnext = pg
+        self.tail = pg
+        pg.pqflags |= self.pqflag
+        self.count += 1
+
+    def remove(self, pg: VmPage) -> None:
+        prev, nxt = pg.pqprev, pg.pqnext
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.pqnext = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.pqprev = prev
+        pg.pqprev = pg.pqnext = None
+        pg.pqflags &= ~self.pqflag
+        self.count -= 1
+
+    def __iter__(self) -> Iterator[VmPage]:
+        pg = self.head
+        while pg is not None:
+            nxt = pg.pqnext
+            yield pg
+            pg = nxt
+
+    def __len__(self) -> int:
+        return self.count
+
+
+# --- allocation -------------------------------------------------------------------------
+
+
+def pagealloc(
+    uvm: Uvm,
+    uobj: UvmObject | None,
+    offset: int,
+    anon: VmAnon | None = None,
+    flags: int = 0,
+) -> VmPage | None:
+    """Allocate a page for ``uobj`` at ``offset``, or for ``anon`` (kernel: uvm_pagealloc_strat).
+
+    Args:
+        uvm: the machine.
+        uobj: owning object, or None for an anon page or an objectless kernel page.
+        offset: byte offset in ``uobj`` (page aligned); ignored without an object.
+        anon: owning anon (``uobj`` must then be None).
+        flags: PGA_* bits.
+
+    Returns:
+        The page, or None when memory is short: the caller waits for the pagedaemon.
+
+    => ``uobj`` or ``anon`` locked (asserted under DIAGNOSTIC).
+    => the page comes back PG_BUSY|PG_CLEAN|PG_FAKE (PG_CLEAN cleared with PGA_ZERO), owned
+       by the caller, on no paging queue, entered in its object or attached to its anon.
+    => never sleeps.
+    """
+    if diag.DIAGNOSTIC:
+        _alloc_checks(uvm, uobj, offset, anon)
+    exp = uvm.uvmexp
+    nfree = exp.free
+    use_reserve = flags & PGA_USERESERVE
+    if (nfree <= exp.reserve_kernel and not use_reserve) or (
+        nfree <= exp.reserve_pagedaemon and not (use_reserve and flags & PGA_PDAEMON)
+    ):
+        exp.pga_fail += 1
+        uvm.kick_pdaemon()
+        return None
+    zeroit = flags & PGA_ZERO
+    # Zeroed requests prefer the known-zero list, the others the unknown list.
+    freelist = (
+        (uvm.free_zero or uvm.free_unknown) if zeroit else (uvm.free_unknown or uvm.free_zero)
+    )
+    pg = freelist.pop()
+    exp.free = nfree - 1
+    if pg.flags & PG_ZERO:
+        exp.zeropages -= 1
+        if zeroit:
+            exp.pga_zerohit += 1
+            pg.flags = _PG_NEW_ZEROED
+        else:
+            pg.flags = _PG_NEW
+    elif zeroit:
+        exp.pga_zeromiss += 1
+        uvm.physmem.zero(pg.phys_addr)
+        pg.flags = _PG_NEW_ZEROED
+    else:
+        pg.flags = _PG_NEW
+    if anon is not None:
+        pg.pqflags = PQ_ANON
+        pg.uanon = anon
+        anon.page = pg
+        exp.anonpages += 1
+    elif uobj is not None:
+        pg.pqflags = PQ_AOBJ if uobj.is_aobj else 0
+        pg.uobject = uobj
+        pg.offset = offset
+        uobj.pages[offset] = pg
+        pg.flags |= PG_TABLED
+        if uobj.is_aobj:
+            exp.anonpages += 1
+        else:
+            exp.filepages += 1
+    else:
+        pg.pqflags = 0
+        exp.kernelpages += 1
+    pg.mdattrs = 0
+    if nfree - 1 < exp.freemin:
+        uvm.kick_pdaemon()
+    return pg
+
+
+def _alloc_checks(uvm: Uvm, uobj: UvmObject | None, offset: int, anon: VmAnon | None) -> None:
+    if uobj is not None:
+        if anon is not None:
+            panic("pagealloc: both an object and an anon")
+        uobj.vmobjlock.assert_locked()
+        if offset & uvm.page_mask or offset < 0:
+            panic(f"pagealloc: offset {offset:#x} not page aligned")
+        if offset in uobj.pages:
+            panic(f"pagealloc: {uobj.name}@{offset:#x} already has a page")
+    elif anon is not None:
+        anon.lock.assert_locked()
+        if anon.page is not None:
+            panic("pagealloc: anon already has a page")
+
+
+def pagefree(uvm: Uvm, pg: VmPage) -> None:
+    """Free a page (kernel: uvm_pagefree).
+
+    => the caller owns the page: holds PG_BUSY on it, or the owner lock of an unbusy page.
+    => every managed mapping was removed (pmap_page_protect(pg, NONE)), every kenter mapping
+       kremoved and its pmap_update done; PG_PAGEOUT is not set.
+    => the page leaves its object or anon, its queue and its wiring, and goes on a free list.
+    """
+    pqflags = pg.pqflags
+    if pqflags & PQ_FREE:
+        panic(f"pagefree: double free of {pg!r}")
+    if pg.flags & PG_PAGEOUT:
+        panic(f"pagefree: freeing a page under pageout {pg!r}")
+    if pg.pvlist:
+        panic(f"pagefree: {pg!r} still has {len(pg.pvlist)} managed mapping(s)")
+    pa = pg.phys_addr
+    if pa in uvm.kentered:
+        panic(f"pagefree: {pg!r} still has a pmap_kenter_pa mapping")
+    if uvm.stale_refs and pa in uvm.stale_refs:
+        panic(f"pagefree: {pg!r} still reachable through a stale translation (no pmap_update)")
+    exp = uvm.uvmexp
+    if pqflags & PQ_ACTIVE:
+        uvm.active.remove(pg)
+        exp.active -= 1
+    elif pqflags & PQ_INACTIVE:
+        uvm.inactive.remove(pg)
+        exp.inactive -= 1
+    if pg.wire_count:
+        pg.wire_count = 0
+        exp.wired -= 1
+    uobj = pg.uobject
+    if uobj is not None:
+        del uobj.pages[pg.offset]
+        if uobj.is_aobj:
+            exp.anonpages -= 1
+        else:
+            exp.filepages -= 1
+        pg.uobject = None
+    elif pg.uanon is not None:
+        pg.uanon.page = None
+        pg.uanon = None
+        exp.anonpages -= 1
+    else:
+        exp.kernelpages -= 1
+    waitev = pg.waitev
+    if waitev is not None:
+        # Sleepers on a freed page wake up and must look it up again.
+        pg.waitev = None
+        waitev.set()
+    pg.offset = -1
+    pg.flags = 0
+    pg.pqflags = PQ_FREE
+    pg.mdattrs = 0
+    pg.owner_tag = None
+    if diag.DIAGNOSTIC:
+        uvm.physmem.poison(pa)
+    uvm.free_unknown.append(pg)
+    exp.free += 1
+
+
+# --- queues and wiring ------------------------------------------------------------------
+
+
+def pageactivate(uvm: Uvm, pg: VmPage) -> None:
+    """Move a page to the tail of the active queue (kernel: uvm_pageactivate).
+
+    A wired page stays off the queues.  => page-queue "lock" (atomic section).
+    """
+    pqflags = pg.pqflags
+    if pqflags & PQ_FREE:
+        panic(f"pageactivate: free page {pg!r}")
+    exp = uvm.uvmexp
+    if pqflags & PQ_INACTIVE:
+        uvm.inactive.remove(pg)
+        exp.inactive -= 1
+    elif pqflags & PQ_ACTIVE:
+        uvm.active.remove(pg)
+        exp.active -= 1
+    if pg.wire_count == 0:
+        uvm.active.insert_tail(pg)
+        exp.active += 1
+
+
+def pagedeactivate(uvm: Uvm, pg: VmPage) -> None:
+    """Move a page to the tail of the inactive queue (kernel: uvm_pagedeactivate).
+
+    Since Thorpe's change the page keeps its mappings; the caller must already have cleared
+    its referenced bit (``pmap_clear_reference``).  Wired pages stay off the queues.
+    """
+    pqflags = pg.pqflags
+    if pqflags & PQ_FREE:
+        panic(f"pagedeactivate: free page {pg!r}")
+    if pqflags & PQ_INACTIVE or pg.wire_count:
+        return
+    exp = uvm.uvmexp
+    if pqflags & PQ_ACTIVE:
+        uvm.active.remove(pg)
+        exp.active -= 1
+    uvm.inactive.insert_tail(pg)
+    exp.inactive += 1
+
+
+def pagedequeue(uvm: Uvm, pg: VmPage) -> None:
+    """Take a page off the active or inactive queue, if on one (kernel: uvm_pagedequeue)."""
+    exp = uvm.uvmexp
+    if pg.pqflags & PQ_ACTIVE:
+        uvm.active.remove(pg)
+        exp.active -= 1
+    elif pg.pqflags & PQ_INACTIVE:
+        uvm.inactive.remove(pg)
+        exp.inactive -= 1
+
+
+def pageenqueue(uvm: Uvm, pg: VmPage) -> None:
+    """Put an unqueued, unwired page on the active queue (kernel: uvm_pageenqueue)."""
+    if not pg.pqflags & PQ_QUEUES and pg.wire_count == 0:
+        pageactivate(uvm, pg)
+
+
+def pagewire(uvm: Uvm, pg: VmPage) -> None:
+    """Wire a page: count up; the first wiring takes it off the queues (kernel: uvm_pagewire)."""
+    if pg.pqflags & PQ_FREE:
+        panic(f"pagewire: free page {pg!r}")
+    if pg.wire_count == 0:
+        pagedequeue(uvm, pg)
+        uvm.uvmexp.wired += 1
+    pg.wire_count += 1
+
+
+def pageunwire(uvm: Uvm, pg: VmPage) -> None:
+    """Drop one wiring; the last puts the page on the active queue (kernel: uvm_pageunwire)."""
+    if pg.pqflags & PQ_FREE:
+        panic(f"pageunwire: free page {pg!r}")
+    if pg.wire_count <= 0:
+        panic(f"pageunwire: unwiring a page that is not wired {pg!r}")
+    pg.wire_count -= 1
+    if pg.wire_count == 0:
+        uvm.uvmexp.wired -= 1
+        uvm.active.insert_tail(pg)
+        uvm.uvmexp.active += 1
+
+
+def pagelookup(uobj: UvmObject, offset: int) -> VmPage | None:
+    """The resident page of ``uobj`` at ``offset``, or None (kernel: uvm_pagelookup). O(1)."""
+    return uobj.pages.get(offset)
+
+
+# --- busy and wanted --------------------------------------------------------------------
+
+
+def pagebusy(pg: VmPage, why: str) -> None:
+    """Mark an unbusy page busy for the caller (kernel: PG_BUSY + UVM_PAGE_OWN)."""
+    if pg.flags & PG_BUSY:
+        panic(f"pagebusy({why}): {pg!r} already busy ({pg.owner_tag})")
+    if pg.pqflags & PQ_FREE:
+        panic(f"pagebusy({why}): free page {pg!r}")
+    pg.flags |= PG_BUSY
+    if diag.DIAGNOSTIC:
+        pg.owner_tag = why
+
+
+def page_unbusy(uvm: Uvm, pg: VmPage) -> None:
+    """Unbusy a page the caller owns (kernel: uvm_page_unbusy for one page).
+
+    Wakes the waiters of this busy period.  A PG_RELEASED page loses every mapping and is
+    freed.  => the caller holds PG_BUSY.  => never sleeps.
+    """
+    flags = pg.flags
+    if not flags & PG_BUSY:
+        panic(f"page_unbusy: {pg!r} is not busy")
+    if flags & PG_WANTED:
+        waitev = pg.waitev
+        pg.waitev = None
+        if waitev is not None:
+            waitev.set()
+    if flags & PG_RELEASED:
+        if flags & PG_PAGEOUT:
+            panic(f"page_unbusy: {pg!r} both RELEASED and PAGEOUT")
+        pmap_page_protect(uvm, pg, Prot.NONE)
+        pagefree(uvm, pg)
+        return
+    pg.flags = flags & ~(PG_BUSY | PG_WANTED)
+    pg.owner_tag = None
+
+
+async def pagewait(pg: VmPage, why: str) -> None:
+    """Sleep until ``pg`` is unbusied (kernel: uvm_pagewait / UVM_UNLOCK_AND_WAIT).
+
+    => ``pg`` is PG_BUSY, owned by someone else.  => may sleep.
+    => on return the page may have been freed or renamed: look it up again.
+    """
+    if not pg.flags & PG_BUSY:
+        panic(f"pagewait({why}): {pg!r} is not busy")
+    pg.flags |= PG_WANTED
+    waitev = pg.waitev
+    if waitev is None:
+        waitev = pg.waitev = trio.Event()
+    await waitev.wait()

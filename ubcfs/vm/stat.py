@@ -1,0 +1,157 @@
+"""VM counters and page counts (~ uvmexp in uvm_extern.h, uvm_meter.c).
+
+``Uvmexp`` holds two kinds of numbers: page counts (``free``, ``active``, ...), which the
+page layer keeps exact and the DIAGNOSTIC audit recounts, and event counters, which only
+ever grow while a machine lives.  ``snapshot()`` builds the report that ``ubcfs stat --json``
+prints (design.md section 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ubcfs.vm.uvm import Uvm
+
+# The event counters that design.md section 4 names, in its order: the stat contract.
+CONTRACT_COUNTERS = [
+    "faults",
+    "pageins",
+    "pageouts",
+    "swapins",
+    "swapouts",
+    "pdwoke",
+    "pdscans",
+    "pdreact",
+    "pdfreed",
+    "pdpageouts",
+    "pageout_failed",
+    "zero_fills",
+    "fastpath_skipped_zero",
+    "readahead_pages",
+    "ubc_hits",
+    "ubc_misses",
+    "unwire_skips",
+    "pmap_enter",
+    "pmap_remove",
+    "pmap_update",
+    "canfail_retries",
+]
+
+
+@dataclass(slots=True)
+class Uvmexp:
+    """Page counts, paging targets and event counters (kernel: struct uvmexp)."""
+
+    # --- sizes (kept exact; audited) ---
+    npages: int = 0
+    free: int = 0
+    active: int = 0
+    inactive: int = 0
+    paging: int = 0  # pages with PG_PAGEOUT (pageout I/O in flight)
+    wired: int = 0
+    zeropages: int = 0  # free pages known to be zero
+    anonpages: int = 0  # pages owned by anons and anonymous objects
+    filepages: int = 0  # pages owned by vnode objects
+    kernelpages: int = 0  # objectless, anonless kernel pages
+    # --- targets ---
+    reserve_pagedaemon: int = 1
+    reserve_kernel: int = 5
+    freemin: int = 0
+    freetarg: int = 0
+    inactarg: int = 0
+    wiredmax: int = 0
+    # --- event counters (design.md section 4) ---
+    faults: int = 0
+    pageins: int = 0
+    pageouts: int = 0
+    swapins: int = 0
+    swapouts: int = 0
+    pdwoke: int = 0
+    pdscans: int = 0
+    pdreact: int = 0
+    pdfreed: int = 0
+    pdpageouts: int = 0
+    pageout_failed: int = 0
+    zero_fills: int = 0
+    fastpath_skipped_zero: int = 0
+    readahead_pages: int = 0
+    ubc_hits: int = 0
+    ubc_misses: int = 0
+    unwire_skips: int = 0
+    pmap_enter: int = 0
+    pmap_remove: int = 0
+    pmap_update: int = 0
+    canfail_retries: int = 0
+    # --- more event counters ---
+    pga_zerohit: int = 0
+    pga_zeromiss: int = 0
+    pga_fail: int = 0  # allocations refused for lack of memory
+    pdkicks: int = 0  # UVM_KICK_PDAEMON wake-ups requested
+    pmap_enter_fail: int = 0  # PMAP_CANFAIL entries refused for lack of pv entries
+    pmap_kenter: int = 0
+    pmap_kremove: int = 0
+    pmap_page_protect: int = 0
+    pmap_invalidations: int = 0  # stale translations flushed by pmap_update
+    pmap_stale_hits: int = 0  # accesses served by a not-yet-flushed translation
+    pmap_wired_removed: int = 0  # wired mappings removed by pmap_page_protect
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def snapshot(uvm: Uvm) -> dict[str, Any]:
+    """The report of ``ubcfs stat --json``: page states, counters and swap use.
+
+    ``dirty`` counts owned pages whose PG_CLEAN is clear or whose pmap modified bit is set:
+    a walk of the owned pages, fine for a report, never done on a hot path.
+    """
+    exp = uvm.uvmexp
+    dirty = 0
+    for pg in uvm.pages:
+        if (pg.uobject is not None or pg.uanon is not None) and (
+            not pg.flags & 0x0008 or pg.mdattrs & 0x2  # PG_CLEAN, MD_MODIFIED
+        ):
+            dirty += 1
+    data = exp.as_dict()
+    return {
+        "page_size": uvm.page_size,
+        "pages": {
+            "total": exp.npages,
+            "free": exp.free,
+            "active": exp.active,
+            "inactive": exp.inactive,
+            "wired": exp.wired,
+            "dirty": dirty,
+            "file": exp.filepages,
+            "anon": exp.anonpages,
+            "paging": exp.paging,
+            "kernel": exp.kernelpages,
+            "zero": exp.zeropages,
+        },
+        "counters": {name: data[name] for name in CONTRACT_COUNTERS}
+        | {
+            name: data[name]
+            for name in data
+            if name not in CONTRACT_COUNTERS and name not in _SIZES_AND_TARGETS
+        },
+        "targets": {name: data[name] for name in _TARGETS},
+        "swap": {"total": uvm.swap_total(), "used": uvm.swap_used()},
+    }
+
+
+_TARGETS = ("reserve_pagedaemon", "reserve_kernel", "freemin", "freetarg", "inactarg", "wiredmax")
+_SIZES = [
+    "npages",
+    "free",
+    "active",
+    "inactive",
+    "paging",
+    "wired",
+    "zeropages",
+    "anonpages",
+    "filepages",
+    "kernelpages",
+]
+_SIZES_AND_TARGETS = frozenset((*_SIZES, *_TARGETS))

@@ -1,0 +1,161 @@
+"""The simulated machine: one ``Uvm`` object holds what the kernel keeps in the globals
+``uvm`` and ``uvmexp`` (~ uvm.h, uvm_init.c, uvm_page.c:uvm_page_init).
+
+There is no module-level state: tests build many small machines side by side.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from ubcfs.vm.page import PQ_ACTIVE, PQ_INACTIVE, PageQueue, VmPage
+from ubcfs.vm.param import MIN_PAGES, check_page_size, is_int
+from ubcfs.vm.physmem import PhysMem
+from ubcfs.vm.pmap import Pmap
+from ubcfs.vm.stat import Uvmexp
+
+if TYPE_CHECKING:
+    from ubcfs.vm.object import UvmObject
+
+DEFAULT_PAGE_SIZE = 4096
+
+
+class SwapInfo(Protocol):
+    """What the core needs to know of the swap pager (implemented in ``pagers.swap``)."""
+
+    @property
+    def nslots(self) -> int: ...
+
+    @property
+    def inuse(self) -> int: ...
+
+
+class Uvm:
+    """A simulated machine's VM state (kernel: struct uvm + struct uvmexp).
+
+    Args:
+        memory: bytes of simulated physical memory, a multiple of ``page_size``, at least
+            64 pages.
+        page_size: a power of two from 512 to 65536.
+        pv_entries: size of the pmap's pv-entry pool (default: twice the page count), the
+            resource whose exhaustion makes ``pmap_enter(..., PMAP_CANFAIL)`` fail.
+
+    Raises:
+        ValueError: naming the bad value.
+
+    Attributes:
+        physmem: the frame arena.
+        pages: one VmPage per frame, indexed by frame number (kernel: vm_physmem[].pgs).
+        free_zero, free_unknown: the free lists (stacks) of known-zero and other pages.
+        active, inactive: the paging queues.
+        uvmexp: counters.
+        kernel_pmap: the kernel's address space (UBC windows, pager mappings).
+        pmaps, objects: registries of live pmaps and objects, for the audit.
+        kentered: pa -> number of kenter mappings of that frame (pmap-private bookkeeping).
+        stale_refs: pa -> number of stale translations reaching that frame.
+        pv_free: pv entries left in the pool.
+    """
+
+    def __init__(
+        self,
+        memory: int,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        pv_entries: int | None = None,
+    ) -> None:
+        shift = check_page_size(page_size)
+        if not is_int(memory) or memory <= 0:
+            raise ValueError(f"memory {memory!r} is not a positive number of bytes")
+        if memory % page_size:
+            raise ValueError(f"memory {memory} is not a multiple of the page size {page_size}")
+        npages = memory // page_size
+        if npages < MIN_PAGES:
+            raise ValueError(
+                f"memory {memory} holds {npages} pages of {page_size} bytes;"
+                f" at least {MIN_PAGES} are needed"
+            )
+        if pv_entries is None:
+            pv_entries = 2 * npages
+        if not is_int(pv_entries) or pv_entries < 0:
+            raise ValueError(f"pv_entries {pv_entries!r} is not a count")
+        self.page_size = page_size
+        self.page_shift = shift
+        self.page_mask = page_size - 1
+        self.physmem = PhysMem(memory, page_size)
+        self.pages: list[VmPage] = [VmPage(i << shift) for i in range(npages)]
+        # Pop from the end: reversed so that low frames are handed out first.
+        self.free_zero: list[VmPage] = self.pages[::-1]
+        self.free_unknown: list[VmPage] = []
+        self.active = PageQueue("active", PQ_ACTIVE)
+        self.inactive = PageQueue("inactive", PQ_INACTIVE)
+        self.uvmexp = Uvmexp(npages=npages, free=npages, zeropages=npages)
+        self.pv_total = pv_entries
+        self.pv_free = pv_entries
+        self.kentered: dict[int, int] = {}
+        self.stale_refs: dict[int, int] = {}
+        self.pmaps: weakref.WeakSet[Pmap] = weakref.WeakSet()
+        self.objects: weakref.WeakSet[UvmObject] = weakref.WeakSet()
+        self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)
+        self.pmaps.add(self.kernel_pmap)
+        self.swap: SwapInfo | None = None
+        self._pdaemon_wakeup: Callable[[], None] | None = None
+        self.tune()
+
+    # --- pagedaemon targets and wake-ups ------------------------------------------------
+
+    def tune(self) -> None:
+        """Compute the paging targets from the memory size (kernel: uvmpd_tune).
+
+        freemin = npages/20, clamped to 16 KiB..256 KiB worth of pages and above the kernel
+        reserve; freetarg = freemin*4/3; wiredmax = npages/3.
+        """
+        exp = self.uvmexp
+        ps = self.page_size
+        freemin = exp.npages // 20
+        freemin = max(freemin, (16 * 1024) // ps)
+        freemin = min(freemin, (256 * 1024) // ps)
+        freemin = max(freemin, exp.reserve_kernel + 1)
+        exp.freemin = freemin
+        exp.freetarg = max((freemin * 4) // 3, freemin + 1)
+        exp.wiredmax = exp.npages // 3
+        exp.inactarg = max(exp.freetarg + 1, (exp.active + exp.inactive) // 3)
+
+    def set_pdaemon_wakeup(self, wakeup: Callable[[], None] | None) -> None:
+        """Register the pagedaemon's wake-up (``ubcfs.vm.pdaemon`` does this)."""
+        self._pdaemon_wakeup = wakeup
+
+    def kick_pdaemon(self) -> None:
+        """Wake the pagedaemon if one runs (kernel: UVM_KICK_PDAEMON / wakeup(&uvm.pagedaemon))."""
+        self.uvmexp.pdkicks += 1
+        if self._pdaemon_wakeup is not None:
+            self._pdaemon_wakeup()
+
+    # --- swap summary for reports ---------------------------------------------------------
+
+    def swap_total(self) -> int:
+        return self.swap.nslots if self.swap is not None else 0
+
+    def swap_used(self) -> int:
+        return self.swap.inuse if self.swap is not None else 0
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def phys_to_page(self, pa: int) -> VmPage:
+        """The page record of a frame (kernel: PHYS_TO_VM_PAGE)."""
+        return self.pages[pa >> self.page_shift]
+
+    def frame(self, pg: VmPage) -> memoryview:
+        """The page's frame as a writable memoryview."""
+        return self.physmem.frame(pg.phys_addr)
+
+    def close(self) -> None:
+        """Release the frame arena."""
+        self.physmem.close()
+
+    def __repr__(self) -> str:
+        e = self.uvmexp
+        return (
+            f"<Uvm {e.npages}x{self.page_size}B free={e.free} active={e.active}"
+            f" inactive={e.inactive} wired={e.wired}>"
+        )
