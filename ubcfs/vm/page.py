@@ -131,8 +131,11 @@ class VmPage:
         pqprev, pqnext: links in the active or inactive queue (kernel: pageq).
         pvlist: the pmap's managed mappings of this page (pv entries), or None.
         mdattrs: the pmap's referenced/modified attributes (MD_*).
-        waitev: the trio Event of the current busy period, made by the first waiter.
-        owner_tag: who busied the page and why (kernel: owner_tag), under DIAGNOSTIC.
+
+    Two per-page facts live in side tables of the machine rather than in slots, because few
+    pages have them at any time and every slot costs 8 bytes on each of a million frames:
+    ``Uvm.page_waiters`` (the trio Event of a wanted page's busy period) and, under
+    DIAGNOSTIC, ``Uvm.owner_tags`` (who busied the page and why; kernel: owner_tag).
     """
 
     __slots__ = (
@@ -140,7 +143,6 @@ class VmPage:
         "loan_count",
         "mdattrs",
         "offset",
-        "owner_tag",
         "phys_addr",
         "pqflags",
         "pqnext",
@@ -148,7 +150,6 @@ class VmPage:
         "pvlist",
         "uanon",
         "uobject",
-        "waitev",
         "wire_count",
     )
 
@@ -164,8 +165,6 @@ class VmPage:
     pqnext: VmPage | None
     pvlist: list[Pte] | None
     mdattrs: int
-    waitev: trio.Event | None
-    owner_tag: str | None
 
     def __init__(self, phys_addr: int) -> None:
         self.flags = PG_ZERO  # a fresh anonymous mmap reads as zeroes
@@ -180,8 +179,6 @@ class VmPage:
         self.pqnext = None
         self.pvlist = None
         self.mdattrs = 0
-        self.waitev = None
-        self.owner_tag = None
 
     @property
     def pgflags(self) -> PG:
@@ -400,16 +397,15 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
         exp.anonpages -= 1
     else:
         exp.kernelpages -= 1
-    waitev = pg.waitev
-    if waitev is not None:
+    if pg.flags & PG_WANTED:
         # Sleepers on a freed page wake up and must look it up again.
-        pg.waitev = None
-        waitev.set()
+        _wakeup(uvm, pg)
+    if uvm.owner_tags:
+        uvm.owner_tags.pop(pg, None)
     pg.offset = -1
     pg.flags = 0
     pg.pqflags = PQ_FREE
     pg.mdattrs = 0
-    pg.owner_tag = None
     if diag.DIAGNOSTIC:
         uvm.physmem.poison(pa)
     uvm.free_unknown.append(pg)
@@ -506,15 +502,21 @@ def pagelookup(uobj: UvmObject, offset: int) -> VmPage | None:
 # --- busy and wanted --------------------------------------------------------------------
 
 
-def pagebusy(pg: VmPage, why: str) -> None:
+def _wakeup(uvm: Uvm, pg: VmPage) -> None:
+    waitev = uvm.page_waiters.pop(pg, None)
+    if waitev is not None:
+        waitev.set()
+
+
+def pagebusy(uvm: Uvm, pg: VmPage, why: str) -> None:
     """Mark an unbusy page busy for the caller (kernel: PG_BUSY + UVM_PAGE_OWN)."""
     if pg.flags & PG_BUSY:
-        panic(f"pagebusy({why}): {pg!r} already busy ({pg.owner_tag})")
+        panic(f"pagebusy({why}): {pg!r} already busy ({uvm.owner_tags.get(pg)})")
     if pg.pqflags & PQ_FREE:
         panic(f"pagebusy({why}): free page {pg!r}")
     pg.flags |= PG_BUSY
     if diag.DIAGNOSTIC:
-        pg.owner_tag = why
+        uvm.owner_tags[pg] = why
 
 
 def page_unbusy(uvm: Uvm, pg: VmPage) -> None:
@@ -527,10 +529,7 @@ def page_unbusy(uvm: Uvm, pg: VmPage) -> None:
     if not flags & PG_BUSY:
         panic(f"page_unbusy: {pg!r} is not busy")
     if flags & PG_WANTED:
-        waitev = pg.waitev
-        pg.waitev = None
-        if waitev is not None:
-            waitev.set()
+        _wakeup(uvm, pg)
     if flags & PG_RELEASED:
         if flags & PG_PAGEOUT:
             panic(f"page_unbusy: {pg!r} both RELEASED and PAGEOUT")
@@ -538,10 +537,11 @@ def page_unbusy(uvm: Uvm, pg: VmPage) -> None:
         pagefree(uvm, pg)
         return
     pg.flags = flags & ~(PG_BUSY | PG_WANTED)
-    pg.owner_tag = None
+    if uvm.owner_tags:
+        uvm.owner_tags.pop(pg, None)
 
 
-async def pagewait(pg: VmPage, why: str) -> None:
+async def pagewait(uvm: Uvm, pg: VmPage, why: str) -> None:
     """Sleep until ``pg`` is unbusied (kernel: uvm_pagewait / UVM_UNLOCK_AND_WAIT).
 
     => ``pg`` is PG_BUSY, owned by someone else.  => may sleep.
@@ -550,7 +550,7 @@ async def pagewait(pg: VmPage, why: str) -> None:
     if not pg.flags & PG_BUSY:
         panic(f"pagewait({why}): {pg!r} is not busy")
     pg.flags |= PG_WANTED
-    waitev = pg.waitev
+    waitev = uvm.page_waiters.get(pg)
     if waitev is None:
-        waitev = pg.waitev = trio.Event()
+        waitev = uvm.page_waiters[pg] = trio.Event()
     await waitev.wait()

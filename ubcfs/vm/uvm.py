@@ -10,6 +10,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
 from ubcfs.vm.page import PQ_ACTIVE, PQ_INACTIVE, PageQueue, VmPage
 from ubcfs.vm.param import MIN_PAGES, check_page_size, is_int
 from ubcfs.vm.physmem import PhysMem
@@ -56,6 +58,8 @@ class Uvm:
         kentered: pa -> number of kenter mappings of that frame (pmap-private bookkeeping).
         stale_refs: pa -> number of stale translations reaching that frame.
         pv_free: pv entries left in the pool.
+        page_waiters: wanted page -> the Event its waiters sleep on (this busy period).
+        owner_tags: busy page -> who busied it and why, under DIAGNOSTIC (kernel: owner_tag).
     """
 
     def __init__(
@@ -98,6 +102,8 @@ class Uvm:
         self.objects: weakref.WeakSet[UvmObject] = weakref.WeakSet()
         self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)
         self.pmaps.add(self.kernel_pmap)
+        self.page_waiters: dict[VmPage, trio.Event] = {}
+        self.owner_tags: dict[VmPage, str] = {}
         self.swap: SwapInfo | None = None
         self._pdaemon_wakeup: Callable[[], None] | None = None
         self.tune()
