@@ -333,7 +333,8 @@ def pagealloc(
         pg.pqflags = 0
         exp.kernelpages += 1
     pg.mdattrs = 0
-    if nfree - 1 < exp.freemin:
+    # UVM_KICK_PDAEMON: the daemon decides itself whether a scan is due.
+    if nfree - 1 + exp.paging < exp.freetarg:
         uvm.kick_pdaemon()
     return pg
 

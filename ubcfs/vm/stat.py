@@ -64,18 +64,18 @@ class Uvmexp:
     wiredmax: int = 0
     # --- event counters (design.md section 4) ---
     faults: int = 0
-    pageins: int = 0
-    pageouts: int = 0
+    pageins: int = 0  # pages read from backing store
+    pageouts: int = 0  # pages written to backing store (any putpages)
     swapins: int = 0
     swapouts: int = 0
     pdwoke: int = 0
     pdscans: int = 0
     pdreact: int = 0
-    pdfreed: int = 0
-    pdpageouts: int = 0
-    pageout_failed: int = 0
-    zero_fills: int = 0
-    fastpath_skipped_zero: int = 0
+    pdfreed: int = 0  # pages freed on behalf of the pagedaemon
+    pdpageouts: int = 0  # pageout I/Os (clusters) the pagedaemon started
+    pageout_failed: int = 0  # pages whose write failed (they stay dirty)
+    zero_fills: int = 0  # whole pages zero-filled in memory instead of read
+    fastpath_skipped_zero: int = 0  # extending-write pages neither read nor zeroed
     readahead_pages: int = 0
     ubc_hits: int = 0
     ubc_misses: int = 0
@@ -96,6 +96,16 @@ class Uvmexp:
     pmap_invalidations: int = 0  # stale translations flushed by pmap_update
     pmap_stale_hits: int = 0  # accesses served by a not-yet-flushed translation
     pmap_wired_removed: int = 0  # wired mappings removed by pmap_page_protect
+    uvm_wait_timeouts: int = 0  # uvm_wait with nobody able to free memory
+    pdbusy: int = 0  # busy pages the pagedaemon skipped
+    pddeact: int = 0  # pages the active scan deactivated
+    pdreanon: int = 0  # swap-backed pages reactivated for want of swap
+    pdpending: int = 0  # pageout I/Os in flight
+    pdrevs: int = 0  # pagedaemon passes
+    pgpgin_io: int = 0  # read I/O operations (clusters)
+    pgpgout_io: int = 0  # write I/O operations (clusters)
+    write_errors: int = 0  # failed backing writes (pages stay dirty)
+    read_errors: int = 0  # failed backing reads
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

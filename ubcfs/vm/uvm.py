@@ -20,6 +20,7 @@ from ubcfs.vm.stat import Uvmexp
 
 if TYPE_CHECKING:
     from ubcfs.vm.object import UvmObject
+    from ubcfs.vm.pager import Aio
 
 DEFAULT_PAGE_SIZE = 4096
 
@@ -60,6 +61,10 @@ class Uvm:
         pv_free: pv entries left in the pool.
         page_waiters: wanted page -> the Event its waiters sleep on (this busy period).
         owner_tags: busy page -> who busied it and why, under DIAGNOSTIC (kernel: owner_tag).
+        free_event: set (and replaced) when pages are freed; ``uvm_wait`` sleeps on it.
+        free_wanted: the largest number of pages a ``uvm_wait`` sleeper needs at once.
+        pdaemon_running: a pagedaemon task serves this machine.
+        aio: the asynchronous I/O system, when the engine runs one.
     """
 
     def __init__(
@@ -106,6 +111,10 @@ class Uvm:
         self.owner_tags: dict[VmPage, str] = {}
         self.swap: SwapInfo | None = None
         self._pdaemon_wakeup: Callable[[], None] | None = None
+        self.pdaemon_running = False
+        self.free_event = trio.Event()
+        self.free_wanted = 0
+        self.aio: Aio | None = None
         self.tune()
 
     # --- pagedaemon targets and wake-ups ------------------------------------------------
@@ -136,6 +145,27 @@ class Uvm:
         self.uvmexp.pdkicks += 1
         if self._pdaemon_wakeup is not None:
             self._pdaemon_wakeup()
+
+    def free_target(self) -> int:
+        """Free pages the pagedaemon aims for: ``freetarg``, or more when a sleeper in
+        ``uvm_wait`` needs more at once."""
+        exp = self.uvmexp
+        return max(exp.freetarg, exp.reserve_kernel + self.free_wanted + 1)
+
+    def max_cluster_pages(self) -> int:
+        """The most pages one request may hold busy at once, so that a few concurrent
+        requests can never pin all of memory (the pagedaemon needs the rest)."""
+        exp = self.uvmexp
+        return max(1, (exp.npages - exp.freetarg) // 4)
+
+    def pages_freed(self) -> None:
+        """Wake everyone sleeping in ``uvm_wait`` (kernel: wakeup(&uvmexp.free))."""
+        if self.uvmexp.free > self.uvmexp.reserve_kernel + self.free_wanted:
+            self.free_wanted = 0
+        ev = self.free_event
+        if ev.statistics().tasks_waiting:
+            self.free_event = trio.Event()
+            ev.set()
 
     # --- swap summary for reports ---------------------------------------------------------
 

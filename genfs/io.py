@@ -1,0 +1,516 @@
+"""genfs_getpages and genfs_putpages over a file's object (~ genfs_vnops.c/genfs_io.c).
+
+Theory of operation
+-------------------
+``getpages`` returns the busy pages of a range.  Its fast path runs without a single
+``await``: when every page is resident, unbusy and valid it busies them and returns (the
+cache hit).  Otherwise ``findpages`` busies or allocates every page in ascending order
+(sleeping on busy ones), runs of not-yet-valid (PG_FAKE) pages are read with one
+``preadv`` each straight into their frames, the part past EOF is zero-filled in memory, and
+a sequential reader gets an asynchronous read-ahead.  With PGO_OVERWRITE (the
+extending-write fast path) missing pages are returned busy and still PG_FAKE, neither read
+nor zeroed: the caller fills them completely.
+
+``putpages`` cleans and/or frees the pages of a range.  Cleaning folds the pmap modified bit
+into PG_CLEAN and clears it *without write-protecting the page* (seed: "writing a page to
+disk no longer requires making it read-only"): a store during the write sets the bit again,
+so the page is simply dirty afterwards.  Dirty pages are gathered into clusters of
+contiguous dirty pages (backwards, then forwards) of at most ``maxphys`` bytes, each written
+with one ``pwritev``.  Pages to be freed that are under I/O are marked PG_PAGEOUT when the
+pagedaemon asks (revocable: a failed pageout clears it and the page stays dirty) or
+PG_RELEASED otherwise; the write's completion frees them.
+
+Errors are errno values.  A read error frees the pages that were being filled and leaves
+valid pages alone.  A write error leaves every page of the cluster dirty (and on a queue) for
+a later retry -- ubcfs's deliberate deviation from the kernel, which treats a permanent write
+error as data loss: here nothing is ever dropped, and ``fsync`` reports the error.
+
+Awaits and atomicity: between two ``await``s a task owns all VM state.  Every ``await`` in
+this module is made while the pages it concerns are PG_BUSY, and everything looked up before
+it is looked up again after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+from pagers.vnode import (
+    findpages,
+    is_dirty,
+    release_pages,
+)
+from ubcfs.vm.page import (
+    PG_BUSY,
+    PG_CLEAN,
+    PG_FAKE,
+    PG_PAGEOUT,
+    PG_RDONLY,
+    PG_RELEASED,
+    PQ_QUEUES,
+    VmPage,
+    page_unbusy,
+    pageactivate,
+    pagebusy,
+    pagedeactivate,
+    pagedequeue,
+    pagefree,
+    pagewait,
+)
+from ubcfs.vm.pager import (
+    PGO_ALLPAGES,
+    PGO_CLEANIT,
+    PGO_DEACTIVATE,
+    PGO_FREE,
+    PGO_LOCKED,
+    PGO_OVERWRITE,
+    PGO_PASTEOF,
+    PGO_PDAEMON,
+    PGO_SYNCIO,
+    Buf,
+    uvm_wait,
+)
+from ubcfs.vm.param import Prot
+from ubcfs.vm.pmap import pmap_clear_modify, pmap_clear_reference, pmap_page_protect
+
+if TYPE_CHECKING:
+    from genfs.node import GenfsNode
+
+log = logging.getLogger(__name__)
+
+_P_WRITE = Prot.WRITE.value
+_PROT_NONE = 0
+
+
+# --- getpages ---------------------------------------------------------------------------
+
+
+async def getpages(
+    node: GenfsNode, offset: int, npages: int, access: int, flags: int
+) -> tuple[int, list[VmPage]]:
+    """Return the pages of [offset, offset + npages pages) busy (kernel: genfs_getpages).
+
+    Args:
+        node: the file.
+        offset: page-aligned byte offset of the first page (the "centre" page: it must be
+            obtained, the rest may be clamped at EOF).
+        npages: pages wanted.
+        access: Prot bits of the access (a write access wants pages it may dirty).
+        flags: PGO_LOCKED, PGO_SYNCIO, PGO_OVERWRITE, PGO_PASTEOF.
+
+    Returns:
+        (0, pages) -- pages busy, owned by the caller, valid unless PGO_OVERWRITE; or
+        (EINVAL, []) when the first page lies at or beyond EOF (without PGO_PASTEOF);
+        (EBUSY, []) with PGO_LOCKED when the first page is not resident and unbusy;
+        (errno, []) on a read error.
+
+    => may sleep (not with PGO_LOCKED).  => pages come back in ascending offset order.
+    """
+    uvm = node.uvm
+    ps = uvm.page_size
+    mask = uvm.page_mask
+    if offset & mask or npages <= 0:
+        raise ValueError(f"getpages: bad range offset={offset:#x} npages={npages}")
+    memeof = max(node.writesize, offset + npages * ps) if flags & PGO_PASTEOF else node.size
+    endr = (memeof + mask) & ~mask
+    if offset >= endr:
+        return errno.EINVAL, []
+    npages = min(npages, (endr - offset) // ps, uvm.max_cluster_pages())
+
+    # Fast path: everything resident, unbusy and valid -- no await at all.
+    pages = _lookup_valid(node, offset, npages, bool(access & _P_WRITE))
+    if pages is not None:
+        for pg in pages:
+            pagebusy(uvm, pg, "getpages")
+        _note_access(node, offset, npages)
+        return 0, pages
+    if flags & PGO_LOCKED:
+        centre = node.uobj.pages.get(offset)
+        if centre is None or centre.flags & (PG_BUSY | PG_FAKE):
+            return errno.EBUSY, []
+        pagebusy(uvm, centre, "getpages")
+        return 0, [centre]
+
+    # Slow path: busy or allocate every page, lowest offset first.
+    while True:
+        err, found = await findpages(uvm, node.uobj, offset, npages, 0, "getpages")
+        if err == errno.ENOMEM:
+            await uvm_wait(uvm, "getpages", npages)
+            continue
+        break
+    pages = [pg for pg in found if pg is not None]
+    if not any(pg.flags & PG_FAKE for pg in pages):
+        _note_access(node, offset, npages)
+        return 0, pages
+    if flags & PGO_OVERWRITE:
+        # The caller will overwrite every page entirely: no read, no zero-fill.  The pages
+        # are dirty from now on, and stay PG_FAKE until the caller has filled them.
+        for pg in pages:
+            if pg.flags & PG_FAKE:
+                pg.flags &= ~(PG_CLEAN | PG_RDONLY)
+                uvm.uvmexp.fastpath_skipped_zero += 1
+        return 0, pages
+    err = await _read_fake_pages(node, pages)
+    if err:
+        release_pages(uvm, pages)  # frees the pages being filled, keeps the valid ones
+        return err, []
+    for pg in pages:
+        if pg.flags & PG_FAKE:
+            pg.flags &= ~PG_FAKE
+            pmap_clear_modify(pg)  # a stale bit from the frame's previous identity
+    _note_access(node, offset, npages)
+    return 0, pages
+
+
+def _lookup_valid(node: GenfsNode, offset: int, npages: int, write: bool) -> list[VmPage] | None:
+    pages = node.uobj.pages
+    ps = node.uvm.page_size
+    bad = PG_BUSY | PG_FAKE | (PG_RDONLY if write else 0)
+    out = []
+    for i in range(npages):
+        pg = pages.get(offset + i * ps)
+        if pg is None or pg.flags & bad:
+            return None
+        out.append(pg)
+    return out
+
+
+async def _read_fake_pages(node: GenfsNode, pages: list[VmPage]) -> int:
+    """Fill the PG_FAKE pages of ``pages``: one preadv per run of contiguous FAKE pages, and
+    zeroes past EOF.  => the pages are busy and owned by the caller."""
+    uvm = node.uvm
+    ps = uvm.page_size
+    physmem = uvm.physmem
+    exp = uvm.uvmexp
+    i = 0
+    n = len(pages)
+    while i < n:
+        if not pages[i].flags & PG_FAKE:
+            i += 1
+            continue
+        j = i + 1
+        while j < n and pages[j].flags & PG_FAKE and pages[j].offset == pages[j - 1].offset + ps:
+            j += 1
+        run = pages[i:j]
+        start = run[0].offset
+        # Only data below EOF comes from the backing file; the rest is zero-filled.
+        nbytes = max(0, min(len(run) * ps, node.size - start))
+        nread = 0
+        if nbytes:
+            nio = (nbytes + ps - 1) // ps
+            views = [physmem.frame(pg.phys_addr) for pg in run[:nio]]
+            views[-1] = views[-1][: nbytes - (nio - 1) * ps]
+            exp.pgpgin_io += 1
+            err, nread = await node.io.readv(node.fd, views, start)
+            if err:
+                exp.read_errors += 1
+                log.warning(
+                    "%s: read of %d bytes at %d failed: errno %d", node.name, nbytes, start, err
+                )
+                return err
+            exp.pageins += nio
+        for k, pg in enumerate(run):
+            lo = max(0, nread - k * ps)
+            if lo == 0:
+                physmem.zero(pg.phys_addr)
+                exp.zero_fills += 1
+            elif lo < ps:
+                physmem.zero_range(pg.phys_addr, lo, ps)
+        i = j
+    return 0
+
+
+def _note_access(node: GenfsNode, offset: int, npages: int) -> None:
+    """Track sequential access and start read-ahead for a sequential reader."""
+    ps = node.uvm.page_size
+    end = offset + npages * ps
+    sequential = offset == node.ra_next
+    node.ra_next = end
+    if not sequential or node.params.readahead <= 0 or node.uvm.aio is None:
+        return
+    ra = node.params.readahead
+    lo = max(end, node.ra_end)
+    hi = min(end + ra, (node.size + ps - 1) // ps * ps)
+    if hi - lo < ra // 2:
+        return
+    readahead(node, lo, hi)
+
+
+def readahead(node: GenfsNode, start: int, end: int) -> None:
+    """Start an asynchronous read of the missing pages of [start, end) (kernel: the 2005
+    genfs read-ahead / uvm_readahead).  Never sleeps: allocates only while memory is
+    plentiful, skips resident and busy pages, and stops at the first one it cannot get.
+    """
+    uvm = node.uvm
+    aio = uvm.aio
+    assert aio is not None
+    ps = uvm.page_size
+    exp = uvm.uvmexp
+    uobj = node.uobj
+    from ubcfs.vm.page import pagealloc
+
+    node.ra_end = end
+    off = start
+    maxpages = max(1, node.params.maxphys // ps)
+    while off < end:
+        run: list[VmPage] = []
+        while off < end and len(run) < maxpages:
+            if off in uobj.pages:
+                off += ps
+                if run:
+                    break
+                continue
+            if exp.free <= exp.freetarg + maxpages:
+                node.ra_end = off
+                break
+            with uobj.vmobjlock:
+                pg = pagealloc(uvm, uobj, off)
+            if pg is None:
+                node.ra_end = off
+                break
+            run.append(pg)
+            off += ps
+        if not run:
+            if exp.free <= exp.freetarg + maxpages:
+                return
+            continue
+        exp.readahead_pages += len(run)
+        node.output_start()
+        aio.start_async(_async_read, Buf(run, run[0].offset, False, _read_iodone, node))
+        if exp.free <= exp.freetarg + maxpages:
+            return
+
+
+async def _async_read(buf: Buf) -> None:
+    node: GenfsNode = buf.owner  # type: ignore[assignment]
+    buf.error = await _read_fake_pages(node, buf.pages)
+
+
+def _read_iodone(buf: Buf) -> None:
+    """Completion of an async read (kernel: uvm_aio_aiodone for reads)."""
+    node: GenfsNode = buf.owner  # type: ignore[assignment]
+    uvm = node.uvm
+    node.output_done()
+    if buf.error:
+        node.ra_end = min(node.ra_end, buf.offset)
+        release_pages(uvm, buf.pages)
+        return
+    for pg in buf.pages:
+        pg.flags &= ~PG_FAKE
+        pmap_clear_modify(pg)
+        pageactivate(uvm, pg)
+        page_unbusy(uvm, pg)
+
+
+# --- putpages ---------------------------------------------------------------------------
+
+
+async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
+    """Clean, deactivate and/or free the pages of [start, end) (kernel: genfs_putpages).
+
+    Args:
+        node: the file.
+        start, end: byte range; ``end == 0`` or PGO_ALLPAGES means to the end of the object.
+        flags: at least one of PGO_CLEANIT, PGO_FREE, PGO_DEACTIVATE; PGO_SYNCIO waits for the
+            writes (and for writes others started); PGO_PDAEMON marks the pagedaemon, which
+            never sleeps on busy pages and gets PG_PAGEOUT instead of PG_RELEASED.
+
+    Returns:
+        0, or the errno of the first failed synchronous write.  Asynchronous writes return 0
+        once started; their completion handles errors.
+
+    => may sleep (never for the pagedaemon).
+    """
+    if not flags & (PGO_CLEANIT | PGO_FREE | PGO_DEACTIVATE):
+        raise ValueError("putpages: needs PGO_CLEANIT, PGO_FREE or PGO_DEACTIVATE")
+    uvm = node.uvm
+    uobj = node.uobj
+    if end == 0 or flags & PGO_ALLPAGES:
+        end = 1 << 62
+    if flags & PGO_ALLPAGES:
+        start = 0
+    pdaemon = bool(flags & PGO_PDAEMON)
+    result = 0
+    handled: set[int] = set()  # offsets of clusters this call already started
+    for off in [pg.offset for pg in uobj.pages_in_range(start, end)]:
+        if off in handled:
+            continue
+        while True:
+            pg = uobj.pages.get(off)
+            if pg is None or pg.flags & (PG_RELEASED | PG_PAGEOUT):
+                break  # gone, or someone is freeing it already
+            if pg.flags & PG_BUSY:
+                if pdaemon:
+                    uvm.uvmexp.pdbusy += 1
+                    break
+                await pagewait(uvm, pg, "putpages")
+                continue  # look it up again: it may be gone or renamed
+            buf = _put_one(node, pg, start, end, flags)
+            if buf is None:
+                break
+            handled.update(cp.offset for cp in buf.pages)
+            aio = uvm.aio
+            if flags & PGO_SYNCIO or aio is None or not aio.running:
+                await _async_write(buf)
+                err = buf.error
+                _write_iodone(buf)
+                if err and not result:
+                    result = err
+            else:
+                aio.start_async(_async_write, buf)
+            break
+        if result:
+            break
+    if flags & PGO_SYNCIO:
+        await node.wait_output()
+    return result
+
+
+def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> Buf | None:
+    """Handle one unbusy page for putpages.  Returns the cluster write to issue, if the page
+    needs cleaning (its pages are then busy and belong to that write).  => never sleeps."""
+    uvm = node.uvm
+    exp = uvm.uvmexp
+    pdaemon = bool(flags & PGO_PDAEMON)
+    if flags & PGO_FREE:
+        # Every mapping goes, wired ones included (truncation of a wired page).
+        pmap_page_protect(uvm, pg, _PROT_NONE)
+    needs_clean = False
+    if flags & PGO_CLEANIT:
+        wasclean = not pmap_clear_modify(pg) and bool(pg.flags & PG_CLEAN)
+        pg.flags |= PG_CLEAN
+        needs_clean = not wasclean
+    if not needs_clean:
+        if flags & PGO_FREE:
+            pagefree(uvm, pg)
+            if pdaemon:
+                exp.pdfreed += 1
+        elif flags & PGO_DEACTIVATE:
+            pmap_clear_reference(pg)
+            pagedeactivate(uvm, pg)
+        return None
+    pagebusy(uvm, pg, "putpages")
+    cluster = _gather_cluster(node, pg)
+    for cp in cluster:
+        if not start <= cp.offset < end:
+            continue  # neighbours outside the range are written, not freed
+        if flags & PGO_DEACTIVATE and not cp.wire_count:
+            pmap_clear_reference(cp)
+            pagedeactivate(uvm, cp)
+        elif flags & PGO_FREE:
+            pmap_page_protect(uvm, cp, _PROT_NONE)
+            if pdaemon:
+                cp.flags |= PG_PAGEOUT
+                exp.paging += 1
+                pagedequeue(uvm, cp)
+            else:
+                cp.flags |= PG_RELEASED
+    if pdaemon:
+        exp.pdpageouts += 1
+    node.output_start()
+    return Buf(cluster, cluster[0].offset, True, _write_iodone, node)
+
+
+def _gather_cluster(node: GenfsNode, pg: VmPage) -> list[VmPage]:
+    """Busy the contiguous dirty, resident, unbusy neighbours of the busy page ``pg``: up to
+    half a cluster backwards, then forwards to fill it (kernel: the UFP_DIRTYONLY |
+    UFP_NOWAIT | UFP_NOALLOC (| UFP_BACKWARD) findpages calls of genfs_putpages).  Each page
+    gathered has its modified bit folded into "dirty" and cleared, and PG_CLEAN set."""
+    uvm = node.uvm
+    ps = uvm.page_size
+    pages = node.uobj.pages
+    maxpages = max(1, node.params.maxphys // ps)
+    limit = (node.writesize + ps - 1) // ps * ps
+    back: list[VmPage] = []
+    off = pg.offset - ps
+    while len(back) < maxpages // 2 and off >= 0:
+        cp = pages.get(off)
+        if cp is None or cp.flags & PG_BUSY or not is_dirty(cp):
+            break
+        back.append(cp)
+        off -= ps
+    back.reverse()
+    fwd: list[VmPage] = []
+    off = pg.offset + ps
+    while len(back) + 1 + len(fwd) < maxpages and off < limit:
+        cp = pages.get(off)
+        if cp is None or cp.flags & PG_BUSY or not is_dirty(cp):
+            break
+        fwd.append(cp)
+        off += ps
+    for cp in back + fwd:
+        pagebusy(uvm, cp, "putpages-cluster")
+        pmap_clear_modify(cp)
+        cp.flags |= PG_CLEAN
+    return [*back, pg, *fwd]
+
+
+async def _async_write(buf: Buf) -> None:
+    """Write a cluster to the backing file (kernel: genfs_gop_write / genfs_do_io)."""
+    node: GenfsNode = buf.owner  # type: ignore[assignment]
+    uvm = node.uvm
+    ps = uvm.page_size
+    start = buf.offset
+    # Never write past the end of the data (writesize), so the backing file never grows
+    # beyond what programs wrote; a truncation waits for writes in flight.
+    nbytes = min(len(buf.pages) * ps, node.writesize - start)
+    if nbytes <= 0:
+        buf.error = 0
+        return
+    nio = (nbytes + ps - 1) // ps
+    views = [uvm.physmem.frame(pg.phys_addr) for pg in buf.pages[:nio]]
+    views[-1] = views[-1][: nbytes - (nio - 1) * ps]
+    uvm.uvmexp.pgpgout_io += 1
+    err, _ = await node.io.writev(node.fd, views, start)
+    buf.error = err
+
+
+def _write_iodone(buf: Buf) -> None:
+    """Completion of a cluster write (kernel: uvm_aio_aiodone for writes).
+
+    Success: PG_PAGEOUT pages that are still clean become free-on-unbusy; pages re-dirtied
+    during the write simply stay dirty.  Failure: every page is dirty again; PG_PAGEOUT is
+    withdrawn (the page is reactivated), and PG_RELEASED too unless the page lies past EOF
+    -- nothing is lost.
+    """
+    node: GenfsNode = buf.owner  # type: ignore[assignment]
+    uvm = node.uvm
+    exp = uvm.uvmexp
+    err = buf.error
+    ps = uvm.page_size
+    eof = (node.writesize + ps - 1) // ps * ps
+    if err:
+        exp.write_errors += 1
+        log.warning(
+            "%s: write of %d pages at %d failed: errno %d (pages stay dirty)",
+            node.name,
+            len(buf.pages),
+            buf.offset,
+            err,
+        )
+    else:
+        exp.pageouts += len(buf.pages)
+    for pg in buf.pages:
+        if err:
+            pg.flags &= ~PG_CLEAN
+            exp.pageout_failed += 1
+            if pg.flags & PG_PAGEOUT:
+                pg.flags &= ~PG_PAGEOUT
+                exp.paging -= 1
+                pageactivate(uvm, pg)
+            elif pg.flags & PG_RELEASED and pg.offset < eof:
+                pg.flags &= ~PG_RELEASED
+        elif pg.flags & PG_PAGEOUT:
+            pg.flags &= ~PG_PAGEOUT
+            exp.paging -= 1
+            if is_dirty(pg) or pg.pvlist:
+                pageactivate(uvm, pg)  # touched during the write: keep it
+            else:
+                pg.flags |= PG_RELEASED
+                exp.pdfreed += 1
+        released = bool(pg.flags & PG_RELEASED)
+        page_unbusy(uvm, pg)
+        if not released and not pg.pqflags & PQ_QUEUES and not pg.wire_count:
+            pageactivate(uvm, pg)
+    node.output_done()

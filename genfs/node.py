@@ -1,0 +1,121 @@
+"""The per-file genfs node: size, backing file, object and I/O bookkeeping (~ genfs_node.h,
+the UBC fields of struct vnode: v_size, v_writesize, v_numoutput, v_uobj).
+
+A ``GenfsNode`` implements the pager operations (``PagerOps``) of its object, so the
+pagedaemon's ``pgo_put`` and a UBC window's fault land in ``genfs.io``.  Filesystems (the
+vfs layer) build their vnodes on top of it, as NetBSD requires ``struct genfs_node`` to be
+the first member of a filesystem's per-vnode data.
+
+Sizes: ``size`` is what readers see (v_size).  ``writesize`` is at least ``size`` and, during
+an extending write, the end of that write (v_writesize): pages up to it may exist and may be
+written back before the write publishes the new size, so write-back clips to ``writesize``,
+never to ``size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from genfs import io as gio
+from ubcfs.vm.object import UvmObject
+
+if TYPE_CHECKING:
+    from pagers.backing_io import BackingIO
+    from ubcfs.vm.page import VmPage
+    from ubcfs.vm.uvm import Uvm
+
+
+@dataclass(slots=True)
+class GenfsParams:
+    """Tunables shared by the nodes of one engine.
+
+    Attributes:
+        maxphys: largest single I/O in bytes (kernel: MAXPHYS); clusters never exceed it.
+        readahead: bytes read ahead of a sequential reader.
+        fastpath: the extending-write fast path is on.
+        writebehind: start an async write-back each time a sequential writer finishes this
+            many bytes (0: off), as ffs_write does every 64 KiB.
+    """
+
+    maxphys: int = 256 * 1024
+    readahead: int = 256 * 1024
+    fastpath: bool = True
+    writebehind: int = 0
+
+
+class GenfsNode:
+    """A file's genfs state (kernel: struct genfs_node + the UBC part of struct vnode).
+
+    Attributes:
+        uvm: the machine.
+        uobj: the file's object (its page cache).
+        fd: a data file descriptor of the backing file (read/write).
+        size: the file size readers see (v_size).
+        writesize: end of the data pages may hold (v_writesize), >= size.
+        io: the backing I/O edge.
+        params: tunables.
+        numoutput: writes in flight (v_numoutput).
+        ra_next: where a sequential reader would read next; ra_end: end of read-ahead issued.
+    """
+
+    def __init__(
+        self,
+        uvm: Uvm,
+        name: str,
+        fd: int,
+        size: int,
+        io: BackingIO,
+        params: GenfsParams | None = None,
+    ) -> None:
+        self.uvm = uvm
+        self.uobj = UvmObject(uvm, name, pgops=self)
+        self.fd = fd
+        self.size = size
+        self.writesize = size
+        self.io = io
+        self.params = params if params is not None else GenfsParams()
+        self.numoutput = 0
+        self._output_done = trio.Event()
+        self._output_done.set()
+        self.ra_next = -1
+        self.ra_end = 0
+
+    @property
+    def name(self) -> str:
+        return self.uobj.name
+
+    # --- PagerOps -----------------------------------------------------------------------
+
+    async def get(
+        self, uobj: UvmObject, offset: int, npages: int, access: int, flags: int
+    ) -> tuple[int, list[VmPage | None]]:
+        """pgo_get: genfs_getpages."""
+        err, pages = await gio.getpages(self, offset, npages, access, flags)
+        return err, list(pages)
+
+    async def put(self, uobj: UvmObject, start: int, end: int, flags: int) -> int:
+        """pgo_put: genfs_putpages."""
+        return await gio.putpages(self, start, end, flags)
+
+    # --- write accounting (v_numoutput) -------------------------------------------------
+
+    def output_start(self) -> None:
+        self.numoutput += 1
+        if self._output_done.is_set():
+            self._output_done = trio.Event()
+
+    def output_done(self) -> None:
+        self.numoutput -= 1
+        if self.numoutput == 0:
+            self._output_done.set()
+
+    async def wait_output(self) -> None:
+        """Sleep until no write of this node is in flight (kernel: waiting on v_numoutput)."""
+        while self.numoutput:
+            await self._output_done.wait()
+
+    def __repr__(self) -> str:
+        return f"<GenfsNode {self.name} size={self.size} npages={self.uobj.npages}>"

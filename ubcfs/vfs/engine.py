@@ -1,0 +1,188 @@
+"""The UBC engine: one simulated machine serving files of a backing directory
+(~ uvm_init.c + the vnode cache of vfs_vnode.c).
+
+``Engine`` builds the machine (``Uvm``), the UBC window pool, the backing I/O edge with its
+fault injector, the pagedaemon and the aiodone daemon, and keeps one ``Vnode`` per backing
+inode.  In-process users (tests, benchmarks, the FUSE layer) do::
+
+    async with Engine(memory=8 << 20).running() as eng:
+        vp = await eng.open("/path/to/file")
+        await eng.write(vp, 0, b"hello")
+        err, data = await eng.read(vp, 0, 5)
+        await eng.fsync(vp)
+        await eng.release(vp)
+
+Leaving ``running()`` writes every dirty page back and waits for all I/O; after it the
+backing files hold exactly what was written.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from genfs.node import GenfsParams
+from pagers.backing_io import BackingIO, FaultInjector
+from ubcfs.vfs import vnops
+from ubcfs.vfs.vnode import Vnode
+from ubcfs.vm.pager import Aio
+from ubcfs.vm.pdaemon import ClockPolicy, Pagedaemon
+from ubcfs.vm.ubc import Ubc
+from ubcfs.vm.uvm import Uvm
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_AFTER_FAILURE = 30.0  # seconds of write-back attempts after the body failed
+
+
+class Engine:
+    """A running UBC machine over backing files.
+
+    Args:
+        memory: simulated physical memory in bytes.
+        page_size: bytes per page.
+        nwins, winsize: UBC window pool.
+        params: genfs tunables (cluster size, read-ahead, fast path).
+        nowait: try backing reads inline with RWF_NOWAIT before using a thread.
+        test_reference: pagedaemon policy switch (see ``ClockPolicy``).
+        max_io_threads: cap on concurrent backing-I/O threads.
+    """
+
+    def __init__(
+        self,
+        memory: int,
+        page_size: int = 4096,
+        nwins: int = 256,
+        winsize: int = 64 * 1024,
+        params: GenfsParams | None = None,
+        nowait: bool = True,
+        test_reference: bool = False,
+        max_io_threads: int = 8,
+    ) -> None:
+        self.uvm = Uvm(memory, page_size)
+        self.params = params if params is not None else GenfsParams()
+        if self.params.maxphys < page_size:
+            raise ValueError(f"maxphys {self.params.maxphys} is smaller than a page")
+        self.ubc = Ubc(self.uvm, nwins=nwins, winsize=max(winsize, page_size))
+        self.injector = FaultInjector()
+        self.io = BackingIO(self.injector, trio.CapacityLimiter(max_io_threads), nowait=nowait)
+        self.pdaemon = Pagedaemon(self.uvm, ClockPolicy(test_reference=test_reference))
+        self.aio = Aio(self.uvm)
+        self.vnodes: dict[tuple[int, int], Vnode] = {}
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Engine]:
+        """Run the daemons; on exit write everything back and stop them."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.aio.run)
+            self.uvm.aio = self.aio
+            await nursery.start(self.pdaemon.run)
+            failed = True
+            try:
+                yield self
+                failed = False
+            finally:
+                # After a failure (maybe a panic with pages left busy) write back what can be
+                # written, but do not wait forever.
+                with trio.CancelScope(shield=True) as scope:
+                    if failed:
+                        scope.deadline = trio.current_time() + SHUTDOWN_AFTER_FAILURE
+                    err = await self.shutdown()
+                if scope.cancelled_caught:
+                    log.error("shutdown after a failure timed out; dirty pages may remain")
+                elif err:
+                    log.error("shutdown: write-back failed: %s", errname(err))
+                nursery.cancel_scope.cancel()
+        self.uvm.aio = None
+
+    async def shutdown(self) -> int:
+        """Write back every dirty page of every vnode and wait for all I/O; return the first
+        error (the pages concerned stay dirty)."""
+        err = await self.sync()
+        await self.aio.drain()
+        return err
+
+    async def sync(self) -> int:
+        """fsync every vnode; return the first error."""
+        first = 0
+        for vp in list(self.vnodes.values()):
+            err = await vnops.vop_fsync(vp)
+            if err and not first:
+                first = err
+        return first
+
+    # --- files --------------------------------------------------------------------------
+
+    async def open(self, path: str | bytes, create: bool = True) -> Vnode:
+        """Open a backing file through the engine; one vnode per backing inode.
+
+        Raises:
+            OSError: the backing open failed (the caller's input is wrong).
+        """
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        fd = await trio.to_thread.run_sync(lambda: os.open(path, flags, 0o644))
+        return self.adopt(fd, os.fsdecode(path))
+
+    def adopt(self, fd: int, name: str) -> Vnode:
+        """Make (or find) the vnode of an open backing fd; the engine owns ``fd`` from now on
+        (it is closed when not needed)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        vp = self.vnodes.get(key)
+        if vp is not None:
+            os.close(fd)
+        else:
+            vp = Vnode(self.uvm, name, fd, st.st_size, self.io, self.params, key, st.st_mtime_ns)
+            self.vnodes[key] = vp
+        vp.usecount += 1
+        return vp
+
+    async def release(self, vp: Vnode) -> int:
+        """Drop a use of ``vp``; the last one writes its pages back, frees them and closes
+        the backing fd.  Returns a write-back error (the vnode is then kept)."""
+        if vp.usecount <= 0:
+            raise ValueError(f"release of unused vnode {vp.name}")
+        vp.usecount -= 1
+        if vp.usecount:
+            return 0
+        err = await vnops.vop_reclaim(self.ubc, vp)
+        if err:
+            vp.usecount += 1  # keep it (and its dirty pages) for a later retry
+            return err
+        if self.vnodes.get(vp.key) is vp:
+            del self.vnodes[vp.key]
+            self.uvm.objects.discard(vp.uobj)
+            self.io.forget(vp.fd)
+            os.close(vp.fd)
+        return 0
+
+    # --- data ---------------------------------------------------------------------------
+
+    async def read(self, vp: Vnode, offset: int, length: int) -> tuple[int, bytearray]:
+        return await vnops.vop_read(self.ubc, vp, offset, length)
+
+    async def write(
+        self, vp: Vnode, offset: int, data: bytes | bytearray | memoryview
+    ) -> tuple[int, int]:
+        return await vnops.vop_write(self.ubc, vp, offset, data)
+
+    async def truncate(self, vp: Vnode, size: int) -> int:
+        return await vnops.vop_setsize(self.ubc, vp, size)
+
+    async def fsync(self, vp: Vnode) -> int:
+        return await vnops.vop_fsync(vp)
+
+
+def errname(err: int) -> str:
+    """``EIO`` for 5, for messages."""
+    return errno.errorcode.get(err, str(err))

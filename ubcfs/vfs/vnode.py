@@ -1,0 +1,107 @@
+"""Vnodes: a file of the engine, with its vnode lock (~ vfs_vnode.c, struct vnode).
+
+A ``Vnode`` is a ``GenfsNode`` (the genfs node must be the first part of a filesystem's
+per-vnode data in NetBSD; here it is the base class) plus what the vfs layer needs: the
+vnode lock, a use count and the modification time the engine reports.
+
+The vnode lock is a readers-writer lock, as NetBSD's vnode lock is used by ffs_read
+(shared) and ffs_write/truncate/fsync (exclusive).  It serialises the engine's own
+operations on one file; pages are still protected by PG_BUSY, which is what the pagedaemon
+and the I/O completions respect (they never take the vnode lock).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from genfs.node import GenfsNode
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from genfs.node import GenfsParams
+    from pagers.backing_io import BackingIO
+    from ubcfs.vm.uvm import Uvm
+
+
+class VnodeLock:
+    """A readers-writer lock for trio tasks (kernel: the vnode lock, LK_SHARED/LK_EXCLUSIVE).
+
+    Writers are preferred once waiting, so a stream of readers cannot starve a writer.
+    """
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._cond = trio.Condition()
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            while self._writer or self._writers_waiting:
+                await self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            if self._readers == 0:
+                await self._notify()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    await self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            self._writer = False
+            await self._notify()
+
+    async def _notify(self) -> None:
+        with trio.CancelScope(shield=True):
+            async with self._cond:
+                self._cond.notify_all()
+
+
+class Vnode(GenfsNode):
+    """A file known to the engine (kernel: struct vnode).
+
+    Attributes:
+        key: the backing file's (st_dev, st_ino): one vnode, one cache, per backing inode.
+        lock: the vnode lock.
+        usecount: opens and other users (kernel: v_usecount).
+        mtime_ns: modification time as the engine reports it.
+    """
+
+    def __init__(
+        self,
+        uvm: Uvm,
+        name: str,
+        fd: int,
+        size: int,
+        io: BackingIO,
+        params: GenfsParams,
+        key: tuple[int, int],
+        mtime_ns: int,
+    ) -> None:
+        super().__init__(uvm, name, fd, size, io, params)
+        self.key = key
+        self.lock = VnodeLock()
+        self.usecount = 0
+        self.mtime_ns = mtime_ns
+
+    def touch(self) -> None:
+        """Record a modification now."""
+        self.mtime_ns = time.time_ns()

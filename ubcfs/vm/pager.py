@@ -1,0 +1,175 @@
+"""Pager flags, I/O buffers and the asynchronous-completion machinery (~ uvm_pager.h,
+uvm_pager.c: uvm_aio_biodone, uvm_aio_aiodone; uvm_pdaemon.c: uvm_aiodone_daemon, uvm_wait).
+
+The async contract (seed, March 2001): a pager returns 0 to mean "the asynchronous I/O has
+been started", and the caller never does post-I/O work for it.  Here an asynchronous I/O is a
+trio task started in the machine's I/O nursery; when the I/O finishes, the task only queues
+its ``Buf`` on the aiodone channel (``biodone``: no page work in "interrupt context"), and
+the aiodone daemon task runs the buffer's ``iodone`` callback, which unbusies, frees or
+re-dirties the pages.  Synchronous requests run the same callback inline and return its
+error.
+
+``uvm_wait`` is how an allocation that found no free page sleeps: it kicks the pagedaemon
+and waits for the next "pages were freed" event; it never busy-waits.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ubcfs.vm.diag import panic
+
+if TYPE_CHECKING:
+    from ubcfs.vm.page import VmPage
+    from ubcfs.vm.uvm import Uvm
+
+
+class PGO(enum.Flag):
+    """Pager operation flags (kernel: PGO_*)."""
+
+    NONE = 0
+    CLEANIT = 0x0001  # putpages: write dirty pages
+    SYNCIO = 0x0002  # wait for the I/O
+    DEACTIVATE = 0x0004  # putpages: move the pages to the inactive queue
+    FREE = 0x0008  # putpages: free the pages (after cleaning with CLEANIT)
+    ALLPAGES = 0x0010  # the whole object, whatever the range
+    LOCKED = 0x0040  # getpages: never sleep; EBUSY when the first page is not obtained
+    OVERWRITE = 0x0200  # getpages: caller overwrites the pages entirely; do not read them
+    PASTEOF = 0x0800  # getpages: may create pages beyond EOF (writers)
+    # The kernel recognises the pagedaemon by curproc; here it says so.
+    PDAEMON = 0x10000
+
+
+PGO_CLEANIT: Final = PGO.CLEANIT.value
+PGO_SYNCIO: Final = PGO.SYNCIO.value
+PGO_DEACTIVATE: Final = PGO.DEACTIVATE.value
+PGO_FREE: Final = PGO.FREE.value
+PGO_ALLPAGES: Final = PGO.ALLPAGES.value
+PGO_LOCKED: Final = PGO.LOCKED.value
+PGO_OVERWRITE: Final = PGO.OVERWRITE.value
+PGO_PASTEOF: Final = PGO.PASTEOF.value
+PGO_PDAEMON: Final = PGO.PDAEMON.value
+
+
+class Buf:
+    """One pager I/O (kernel: struct buf, as used by genfs and the aiodone path).
+
+    Attributes:
+        pages: the busy pages of the transfer, in offset order.
+        offset: byte offset of the first page in its object.
+        write: a write (pageout/cleaning) rather than a read.
+        error: errno of the transfer, 0 when it worked.
+        iodone: the completion, run by the aiodone daemon (async) or inline (sync).
+        owner: whatever the completion needs (a genfs node).
+    """
+
+    __slots__ = ("error", "iodone", "offset", "owner", "pages", "write")
+
+    def __init__(
+        self,
+        pages: list[VmPage],
+        offset: int,
+        write: bool,
+        iodone: Callable[[Buf], None],
+        owner: object = None,
+    ) -> None:
+        self.pages = pages
+        self.offset = offset
+        self.write = write
+        self.error = 0
+        self.iodone = iodone
+        self.owner = owner
+
+
+class Aio:
+    """The machine's asynchronous I/O system: an I/O nursery and the aiodone daemon.
+
+    ``start_async(io, buf)`` runs ``await io(buf)`` (which sets ``buf.error``) in the I/O
+    nursery and then hands the buffer to the aiodone daemon.  Started by the engine, stopped by
+    cancelling its nursery after ``drain()``.
+    """
+
+    def __init__(self, uvm: Uvm) -> None:
+        self.uvm = uvm
+        self._send, self._recv = trio.open_memory_channel[Buf](math.inf)
+        self._nursery: trio.Nursery | None = None
+        self.pending = 0  # async I/Os started and not yet completed
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the I/O nursery and the aiodone daemon until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._aiodone_daemon)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start_async(self, io: Callable[[Buf], Awaitable[None]], buf: Buf) -> None:
+        """Start an asynchronous I/O; its completion runs in the aiodone daemon.
+
+        => never sleeps; the caller must not touch ``buf``'s pages again (they belong to the
+           I/O until its completion unbusies them).
+        """
+        if self._nursery is None:
+            panic("async I/O started with no aiodone daemon running")
+        self.pending += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._nursery.start_soon(self._do_io, io, buf)
+
+    async def _do_io(self, io: Callable[[Buf], Awaitable[None]], buf: Buf) -> None:
+        await io(buf)
+        # biodone: just queue the buffer (kernel: uvm_aio_biodone).
+        self._send.send_nowait(buf)
+
+    async def _aiodone_daemon(self) -> None:
+        """Run each finished buffer's completion (kernel: uvm_aiodone_daemon)."""
+        async for buf in self._recv:
+            try:
+                buf.iodone(buf)
+            finally:
+                self.pending -= 1
+                if self.pending == 0:
+                    self._idle.set()
+                self.uvm.pages_freed()
+
+    async def drain(self) -> None:
+        """Wait until every async I/O started so far has completed."""
+        while self.pending:
+            await self._idle.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+
+async def uvm_wait(uvm: Uvm, why: str, npages: int = 1) -> None:
+    """Sleep until the pagedaemon (or an I/O completion) frees pages (kernel: uvm_wait).
+
+    Args:
+        uvm: the machine.
+        why: for debugging.
+        npages: how many pages the caller needs at once; the pagedaemon frees at least that
+            many above the kernel reserve.
+
+    => never busy-waits: kicks the pagedaemon and sleeps on the current "pages freed" event,
+       at most ``UVM_WAIT_TIMEOUT`` seconds (the kernel, too, sleeps with a timeout when the
+       pagedaemon itself would wait).
+    => the caller must hold no busy page: the pages it waits for may be those.
+    """
+    uvm.free_wanted = max(uvm.free_wanted, npages)
+    ev = uvm.free_event
+    uvm.kick_pdaemon()
+    with trio.move_on_after(UVM_WAIT_TIMEOUT) as scope:
+        await ev.wait()
+    if scope.cancelled_caught:
+        uvm.uvmexp.uvm_wait_timeouts += 1
+
+
+UVM_WAIT_TIMEOUT: Final = 0.25

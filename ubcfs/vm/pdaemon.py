@@ -1,0 +1,241 @@
+"""The pagedaemon (~ uvm_pdaemon.c 1.39: uvm_pageout, uvmpd_scan, uvmpd_scan_inactive;
+uvm_pdpolicy_clock.c for the policy split of later NetBSD).
+
+Theory of operation
+-------------------
+A trio task sleeps until an allocation finds memory short (``Uvm.kick_pdaemon``), then
+scans until ``free + paging`` reaches ``freetarg``:
+
+* **inactive scan** (from the head of the inactive queue): pages keep their mappings while
+  inactive and had only their referenced bit cleared when they were deactivated (Thorpe's
+  change), so a page referenced since then is *reactivated* (``pdreact``).  Busy pages are
+  skipped.  For an unreferenced file page the daemon asks the pager to clean and free it:
+  ``pgo_put(obj, off, off + PAGE_SIZE, CLEANIT | FREE | PDAEMON)``.  genfs_putpages checks
+  "modified" (only when PG_CLEAN is set), frees a clean page at once, and writes a dirty one
+  (clustered with dirty neighbours) asynchronously with PG_PAGEOUT set: the aiodone daemon
+  frees it when the write completes, or withdraws PG_PAGEOUT and keeps it dirty if the write
+  failed.  Swap-backed pages go to the swap pager when one is attached; without swap they
+  cannot be reclaimed and are reactivated.
+* **active scan**: while the inactive queue is below its target share (``inactarg`` =
+  a third of the active + inactive pages), deactivate pages from the head of the active queue,
+  clearing their referenced bit first.  ``ClockPolicy(test_reference=True)`` instead gives
+  active pages referenced since the last visit another round (the early-2001 behaviour the
+  seed describes); 1.39's behaviour (False) is the default.
+
+The scan awaits only inside ``pgo_put``; the next page is looked up again after it, and the
+scan restarts from the head when that page left the queue meanwhile.  The daemon never
+sleeps on a busy page and never allocates, so it cannot deadlock with the tasks it serves;
+sleepers in ``uvm_wait`` are woken after each pass and after each I/O completion.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from ubcfs.vm.page import (
+    PG_BUSY,
+    PQ_INACTIVE,
+    VmPage,
+    pageactivate,
+    pagedeactivate,
+)
+from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
+from ubcfs.vm.pmap import pmap_clear_reference
+
+if TYPE_CHECKING:
+    from ubcfs.vm.uvm import Uvm
+
+log = logging.getLogger(__name__)
+
+
+class SwapOut(Protocol):
+    """What the daemon asks of the swap pager (implemented by ``pagers.swap``)."""
+
+    def pageout(self, pg: VmPage) -> bool:
+        """Start (or join to a cluster) the swap-out of an unreferenced swap-backed page;
+        return False when the page cannot go to swap (then it is reactivated)."""
+        ...
+
+    def flush(self) -> None:
+        """Start the write of a partly filled swap cluster."""
+        ...
+
+
+class PagePolicy(Protocol):
+    """The replacement policy (kernel: uvm_pdpolicy)."""
+
+    async def scan_inactive(self, daemon: Pagedaemon) -> int: ...
+
+    def scan_active(self, daemon: Pagedaemon) -> int: ...
+
+
+class ClockPolicy:
+    """Two-queue clock as in uvm_pdaemon.c 1.39 (kernel: uvm_pdpolicy_clock).
+
+    Args:
+        test_reference: in the active scan, skip (and clear) pages referenced since the last
+            visit instead of deactivating them.
+    """
+
+    def __init__(self, test_reference: bool = False) -> None:
+        self.test_reference = test_reference
+
+    async def scan_inactive(self, daemon: Pagedaemon) -> int:
+        """Reclaim from the inactive queue (kernel: uvmpd_scan_inactive); return the number of
+        pages freed or put under pageout."""
+        uvm = daemon.uvm
+        exp = uvm.uvmexp
+        ps = uvm.page_size
+        queue = uvm.inactive
+        target = uvm.free_target()
+        progress = 0
+        budget = 2 * queue.count + 16  # bound one pass, even if the queue is refilled
+        pg = queue.head
+        while pg is not None and budget > 0:
+            budget -= 1
+            if exp.free + exp.paging >= target:
+                break
+            nxt = pg.pqnext
+            exp.pdscans += 1
+            if pmap_clear_reference(pg):
+                pageactivate(uvm, pg)
+                exp.pdreact += 1
+                pg = nxt
+                continue
+            if pg.flags & PG_BUSY:
+                exp.pdbusy += 1
+                pg = nxt
+                continue
+            uobj = pg.uobject
+            if uobj is not None and not uobj.is_aobj and uobj.pgops is not None:
+                # The daemon locks out of order, so it only tries (and skips on failure).
+                if not uobj.vmobjlock.try_enter():
+                    pg = nxt
+                    continue
+                uobj.vmobjlock.exit()
+                before = exp.free + exp.paging
+                await uobj.pgops.put(
+                    uobj, pg.offset, pg.offset + ps, PGO_CLEANIT | PGO_FREE | PGO_PDAEMON
+                )
+                progress += max(0, exp.free + exp.paging - before)
+                if nxt is not None and not nxt.pqflags & PQ_INACTIVE:
+                    nxt = queue.head  # the queue changed under us: start over
+            elif daemon.swap is not None and (pg.uanon is not None or uobj is not None):
+                if daemon.swap.pageout(pg):
+                    progress += 1
+                else:
+                    pageactivate(uvm, pg)
+                    exp.pdreanon += 1
+            else:
+                # Swap-backed with no swap, or an objectless page: cannot be reclaimed.
+                pageactivate(uvm, pg)
+                exp.pdreanon += 1
+            pg = nxt
+        if daemon.swap is not None:
+            daemon.swap.flush()
+        return progress
+
+    def scan_active(self, daemon: Pagedaemon) -> int:
+        """Refill the inactive queue up to ``inactarg`` (kernel: the active part of
+        uvmpd_scan); return the number of pages deactivated."""
+        uvm = daemon.uvm
+        exp = uvm.uvmexp
+        shortage = exp.inactarg - exp.inactive
+        moved = 0
+        budget = uvm.active.count
+        pg = uvm.active.head
+        while pg is not None and shortage > 0 and budget > 0:
+            budget -= 1
+            nxt = pg.pqnext
+            if pg.flags & PG_BUSY:
+                pg = nxt
+                continue
+            if pmap_clear_reference(pg) and self.test_reference:
+                pageactivate(uvm, pg)  # referenced since the last visit: another round
+            else:
+                pagedeactivate(uvm, pg)
+                exp.pddeact += 1
+                shortage -= 1
+                moved += 1
+            pg = nxt
+        return moved
+
+
+class Pagedaemon:
+    """The pagedaemon task of one machine (kernel: uvm_pageout).
+
+    Start it with ``await nursery.start(daemon.run)``; it registers itself as the machine's
+    wake-up and runs until cancelled.
+    """
+
+    def __init__(self, uvm: Uvm, policy: PagePolicy | None = None) -> None:
+        self.uvm = uvm
+        self.policy: PagePolicy = policy if policy is not None else ClockPolicy()
+        self.swap: SwapOut | None = None
+        self._wake = trio.Event()
+        self._scanning = False
+
+    def wakeup(self) -> None:
+        """Wake the daemon (kernel: wakeup(&uvm.pagedaemon)); cheap when already awake."""
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def needs_scan(self) -> bool:
+        """Is memory short? (kernel: the tests in uvm_pageout)."""
+        exp = self.uvm.uvmexp
+        target = self.uvm.free_target()
+        return exp.free + exp.paging < target or (
+            exp.free + exp.paging < target * 2 and exp.inactive < exp.inactarg
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        uvm = self.uvm
+        uvm.set_pdaemon_wakeup(self.wakeup)
+        uvm.pdaemon_running = True
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                uvm.uvmexp.pdwoke += 1
+                if await self.pass_():
+                    uvm.pages_freed()
+                # Without progress the sleepers are woken by I/O completions (or their
+                # timeout), not here: waking them only to fail again would spin.
+        finally:
+            uvm.pdaemon_running = False
+            uvm.set_pdaemon_wakeup(None)
+
+    async def pass_(self) -> bool:
+        """Scan until memory is no longer short or a scan makes no progress; return whether
+        any page was freed, put under pageout or deactivated."""
+        uvm = self.uvm
+        exp = uvm.uvmexp
+        progress = False
+        if self._scanning:
+            return False
+        self._scanning = True
+        try:
+            for _ in range(8):
+                if not self.needs_scan():
+                    break
+                uvm.tune()
+                exp.pdrevs += 1
+                freed = await self.policy.scan_inactive(self)
+                moved = self.policy.scan_active(self)
+                if not freed and not moved:
+                    break
+                progress = True
+                if freed:
+                    uvm.pages_freed()
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._scanning = False
+        return progress
+
+    def queue_shares(self) -> tuple[int, int]:
+        """(active, inactive) page counts, for reports."""
+        return self.uvm.uvmexp.active, self.uvm.uvmexp.inactive

@@ -1,0 +1,422 @@
+"""UBC windows: file data moves only through temporary kernel mappings of the file's own
+pages (~ uvm_bio.c: ubc_alloc, ubc_release, ubc_fault, ubc_uiomove).
+
+Theory of operation
+-------------------
+A fixed pool of windows, each a ``winsize`` slice of kernel virtual address space.  A window
+is named by (object, window-aligned offset).  ``ubc_alloc`` finds the window for a range in
+a hash (a hit), or takes the least recently used idle window (a miss), removes its old
+mappings (``pmap_remove`` + ``pmap_update``) and renames it; nothing is mapped yet.  The copy
+(``uiomove``) goes through the kernel pmap like a CPU would, so the first touch of each page
+takes a page fault; ``ubc_fault`` calls the object's pager ``get`` for the rest of the
+window and enters *managed* mappings (``pmap_enter`` with PMAP_CANFAIL), so the
+referenced/modified bits of every page are real.  ``ubc_release`` puts a window whose last
+user left on the idle LRU **with its mappings in place**: a later access to the same range
+costs no fault.  The pagedaemon may still take those pages: it removes their mappings with
+``pmap_page_protect`` first.
+
+The extending-write fast path (UBC_FAULTBUSY): ``ubc_alloc`` gets the pages busy and
+unread (PGO_OVERWRITE) and enters them with ``pmap_kenter_pa``; ``ubc_release`` zeroes the
+tail of the last page past the written bytes, clears PG_FAKE and PG_CLEAN (kenter writes are
+invisible to the pmap), activates and unbusies them.  If the copy failed part way, every
+page of the window that was not valid before is zeroed first, so garbage is never exposed.
+
+The idle LRU is a ``cachetools.LRUCache`` whose ``popitem`` unmaps the window it evicts.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import TYPE_CHECKING, Final
+
+import trio
+from cachetools import LRUCache
+
+from ubcfs.vm.diag import panic
+from ubcfs.vm.page import PG_CLEAN, PG_FAKE, PG_RDONLY, page_unbusy, pageactivate
+from ubcfs.vm.pager import PGO_OVERWRITE, PGO_PASTEOF, PGO_SYNCIO, uvm_wait
+from ubcfs.vm.param import Prot
+from ubcfs.vm.pmap import (
+    PMAP_CANFAIL,
+    PageFault,
+    pmap_enter,
+    pmap_kenter_pa,
+    pmap_kremove,
+    pmap_remove,
+    pmap_translate,
+    pmap_update,
+)
+
+if TYPE_CHECKING:
+    from ubcfs.vm.object import UvmObject
+    from ubcfs.vm.page import VmPage
+    from ubcfs.vm.uvm import Uvm
+
+_P_READ: Final = Prot.READ.value
+_P_WRITE: Final = Prot.WRITE.value
+_P_RW: Final = Prot.RW.value
+
+UBC_BASE_VA: Final = 1 << 40  # where the windows live in the kernel's address space
+
+
+class UBC(enum.Flag):
+    """ubc_alloc flags (kernel: UBC_*)."""
+
+    NONE = 0
+    READ = 0x01
+    WRITE = 0x02
+    FAULTBUSY = 0x04  # extending-write fast path: pages busy, unread, kenter-mapped
+
+
+UBC_READ: Final = UBC.READ.value
+UBC_WRITE: Final = UBC.WRITE.value
+UBC_FAULTBUSY: Final = UBC.FAULTBUSY.value
+
+
+class Uio:
+    """The user side of a copy (kernel: struct uio): a buffer and how far it has been moved.
+
+    Attributes:
+        buf: the user buffer (a writable one for reads).
+        done: bytes moved so far.
+        efault_at: simulate a user buffer that becomes invalid at this byte (copyin/copyout
+            returning EFAULT there), as a bad address from a simulated process would; None for
+            a normal buffer.
+    """
+
+    __slots__ = ("buf", "done", "efault_at")
+
+    def __init__(self, buf: memoryview, efault_at: int | None = None) -> None:
+        self.buf = buf
+        self.done = 0
+        self.efault_at = efault_at
+
+    @property
+    def resid(self) -> int:
+        return len(self.buf) - self.done
+
+
+class UbcWindow:
+    """One UBC window (kernel: struct ubc_map).
+
+    Attributes:
+        index, va: its slot and kernel virtual address.
+        uobj, offset: what it maps now (offset is window aligned), or None.
+        refcount: users right now; 0 = on the idle LRU.
+        writeend: for a write window, the end offset of the write (faults never create pages
+            past it).
+        busypages: UBC_FAULTBUSY pages held busy and kenter-mapped; fakepages: those that were
+            not valid before the copy.
+    """
+
+    __slots__ = ("busypages", "fakepages", "index", "offset", "refcount", "uobj", "va", "writeend")
+
+    def __init__(self, index: int, va: int) -> None:
+        self.index = index
+        self.va = va
+        self.uobj: UvmObject | None = None
+        self.offset = 0
+        self.refcount = 0
+        self.writeend = 0
+        self.busypages: list[VmPage] = []
+        self.fakepages: list[VmPage] = []
+
+
+class _IdleWindows(LRUCache[tuple["UvmObject", int], UbcWindow]):
+    """Idle windows, least recently used first; evicting one unmaps it."""
+
+    def __init__(self, ubc: Ubc, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.ubc = ubc
+
+    def popitem(self) -> tuple[tuple[UvmObject, int], UbcWindow]:
+        key, win = super().popitem()
+        self.ubc.unmap_window(win)
+        return key, win
+
+
+class Ubc:
+    """The UBC window pool of one machine (kernel: struct ubc_object).
+
+    Args:
+        uvm: the machine.
+        nwins: number of windows (kernel: UBC_NWINS, 1024).
+        winsize: bytes per window, a multiple of the page size (kernel: 1 << UBC_WINSHIFT).
+    """
+
+    def __init__(self, uvm: Uvm, nwins: int = 256, winsize: int = 64 * 1024) -> None:
+        if nwins < 1:
+            raise ValueError(f"nwins {nwins} must be at least 1")
+        if winsize < uvm.page_size or winsize % uvm.page_size:
+            raise ValueError(f"winsize {winsize} is not a multiple of the page size")
+        self.uvm = uvm
+        self.pmap = uvm.kernel_pmap
+        self.nwins = nwins
+        self.winsize = winsize
+        self.windows = [UbcWindow(i, UBC_BASE_VA + i * winsize) for i in range(nwins)]
+        self.unused = self.windows[::-1]
+        self.hash: dict[tuple[UvmObject, int], UbcWindow] = {}
+        self.idle = _IdleWindows(self, nwins)
+        self._window_idle = trio.Event()
+
+    # --- alloc / release ----------------------------------------------------------------
+
+    async def ubc_alloc(
+        self, uobj: UvmObject, offset: int, length: int, flags: int
+    ) -> tuple[int, UbcWindow, int, int]:
+        """Get the window of ``uobj`` that holds ``offset`` (kernel: ubc_alloc).
+
+        Returns:
+            (errno, window, va of ``offset``, length clipped to the window's end).  With
+            UBC_FAULTBUSY the pages under [offset, offset + length) come back busy and
+            kenter-mapped; the errno is that of their getpages.
+
+        => may sleep (for a window, or in getpages).
+        """
+        exp = self.uvm.uvmexp
+        woff = offset - offset % self.winsize
+        key = (uobj, woff)
+        while True:
+            win = self.hash.get(key)
+            if win is not None:
+                exp.ubc_hits += 1
+                if win.refcount == 0:
+                    del self.idle[key]
+                break
+            exp.ubc_misses += 1
+            win = self._get_free_window()
+            if win is None:
+                await self._window_idle.wait()
+                continue  # someone may have made our window meanwhile
+            win.uobj = uobj
+            win.offset = woff
+            self.hash[key] = win
+            break
+        win.refcount += 1
+        slot = offset - woff
+        length = min(length, self.winsize - slot)
+        if flags & UBC_FAULTBUSY:
+            length = min(length, self.uvm.max_cluster_pages() * self.uvm.page_size)
+        va = win.va + slot
+        if flags & UBC_WRITE:
+            win.writeend = (
+                max(win.writeend, offset + length) if win.refcount > 1 else offset + length
+            )
+        if flags & UBC_FAULTBUSY:
+            err = await self._faultbusy(win, offset, length)
+            if err:
+                self.ubc_release(win, 0)
+                return err, win, va, 0
+        return 0, win, va, length
+
+    def _get_free_window(self) -> UbcWindow | None:
+        if self.unused:
+            return self.unused.pop()
+        if not self.idle:
+            return None
+        _, win = self.idle.popitem()  # unmaps it
+        return win
+
+    def unmap_window(self, win: UbcWindow) -> None:
+        """Remove a window's managed mappings and forget its name."""
+        pmap_remove(self.pmap, win.va, win.va + self.winsize)
+        pmap_update(self.pmap)
+        if win.uobj is not None:
+            self.hash.pop((win.uobj, win.offset), None)
+        win.uobj = None
+
+    async def _faultbusy(self, win: UbcWindow, offset: int, length: int) -> int:
+        uvm = self.uvm
+        ps = uvm.page_size
+        assert win.uobj is not None
+        pgops = win.uobj.pgops
+        assert pgops is not None
+        if offset % ps or length % ps:
+            panic("ubc_alloc: UBC_FAULTBUSY range is not whole pages")
+        npages = length // ps
+        err, pages = await pgops.get(
+            win.uobj, offset, npages, _P_RW, PGO_SYNCIO | PGO_OVERWRITE | PGO_PASTEOF
+        )
+        if err:
+            return err
+        va = win.va + (offset - win.offset)
+        # Earlier managed mappings of this range go first; kenter mappings replace them.
+        pmap_remove(self.pmap, va, va + length)
+        pmap_update(self.pmap)
+        win.busypages = [pg for pg in pages if pg is not None]
+        win.fakepages = [pg for pg in win.busypages if pg.flags & PG_FAKE]
+        for pg in win.busypages:
+            pmap_kenter_pa(self.pmap, win.va + (pg.offset - win.offset), pg.phys_addr, _P_RW)
+        return 0
+
+    def ubc_release(self, win: UbcWindow, error: int, written_end: int = 0) -> None:
+        """Drop a use of a window (kernel: ubc_release).
+
+        For a UBC_FAULTBUSY window: zero the pages that were never valid if the copy failed
+        (``error``), else the tail of the last page past ``written_end``; mark the pages dirty,
+        activate and unbusy them, and kremove them.  The last user leaves the window on the
+        idle LRU with its managed mappings in place.
+        """
+        uvm = self.uvm
+        if win.busypages:
+            physmem = uvm.physmem
+            ps = uvm.page_size
+            if error:
+                for pg in win.fakepages:
+                    physmem.zero(pg.phys_addr)
+            elif written_end:
+                for pg in win.busypages:
+                    lo = written_end - pg.offset
+                    if 0 < lo < ps:
+                        physmem.zero_range(pg.phys_addr, lo, ps)
+            first = win.va + (win.busypages[0].offset - win.offset)
+            pmap_kremove(self.pmap, first, len(win.busypages) * ps)
+            pmap_update(self.pmap)
+            for pg in win.busypages:
+                pg.flags &= ~(PG_FAKE | PG_CLEAN)
+                pageactivate(uvm, pg)
+                page_unbusy(uvm, pg)
+            win.busypages = []
+            win.fakepages = []
+        if win.refcount <= 0:
+            panic(f"ubc_release: window {win.index} not in use")
+        win.refcount -= 1
+        if win.refcount == 0:
+            assert win.uobj is not None
+            self.idle[(win.uobj, win.offset)] = win
+            if self._window_idle.statistics().tasks_waiting:
+                ev, self._window_idle = self._window_idle, trio.Event()
+                ev.set()
+
+    # --- faults and copies --------------------------------------------------------------
+
+    async def ubc_fault(self, win: UbcWindow, va: int, access: int) -> int:
+        """Resolve a fault in a window (kernel: ubc_fault): getpages for the rest of the
+        window (up to the write's end for a write), then enter managed mappings.
+
+        Returns:
+            0; ERESTART when a pmap_enter found no pv entry (after waiting for memory: the
+            caller retries the access); or the getpages errno (EINVAL past EOF).
+        """
+        uvm = self.uvm
+        exp = uvm.uvmexp
+        ps = uvm.page_size
+        uobj = win.uobj
+        assert uobj is not None
+        assert uobj.pgops is not None
+        exp.faults += 1
+        pgva = va & ~uvm.page_mask
+        offset = win.offset + (pgva - win.va)
+        end = win.offset + self.winsize
+        flags = PGO_SYNCIO
+        if access & _P_WRITE:
+            end = min(end, win.writeend)
+            flags |= PGO_PASTEOF
+        npages = max(1, (end - offset + ps - 1) // ps)
+        err, pages = await uobj.pgops.get(uobj, offset, npages, access, flags)
+        if err:
+            return err
+        # The window may have been renamed while getpages slept; then the caller refaults
+        # (its access finds no mapping, or another one).
+        renamed = win.uobj is not uobj or win.offset != offset - (pgva - win.va)
+        shortage = False
+        for pg in pages:
+            if pg is None:
+                continue
+            if not renamed and not shortage:
+                pva = win.va + (pg.offset - win.offset)
+                prot = _P_READ if pg.flags & PG_RDONLY else _P_RW
+                acc = access & prot if pva == pgva else 0
+                if pmap_enter(self.pmap, pva, pg, prot, acc | PMAP_CANFAIL):
+                    shortage = True
+            pageactivate(uvm, pg)
+            page_unbusy(uvm, pg)
+        pmap_update(self.pmap)
+        if shortage:
+            exp.canfail_retries += 1
+            await uvm_wait(uvm, "ubc_fault")
+            return errno.ERESTART
+        return 0
+
+    async def uiomove(self, win: UbcWindow, va: int, length: int, uio: Uio, write: bool) -> int:
+        """Copy ``length`` bytes between the window at ``va`` and ``uio`` (kernel: uiomove
+        through a UBC window).  Returns 0 or an errno (EFAULT for a bad user buffer or an
+        access past EOF)."""
+        uvm = self.uvm
+        pmap = self.pmap
+        mask = uvm.page_mask
+        ps = uvm.page_size
+        view = uvm.physmem.view
+        buf = uio.buf
+        efault_at = uio.efault_at
+        done = 0
+        while done < length:
+            cur = va + done
+            try:
+                pa = pmap_translate(pmap, cur, write)
+            except PageFault:
+                err = await self.ubc_fault(win, cur, _P_WRITE if write else _P_READ)
+                if err == errno.ERESTART:
+                    continue
+                if err:
+                    return errno.EFAULT if err == errno.EINVAL else err
+                continue
+            n = min(length - done, ps - (pa & mask))
+            u = uio.done
+            if efault_at is not None and u + n > efault_at:
+                n = efault_at - u
+                if n > 0:
+                    self._copy(view, pa, buf, u, n, write)
+                    uio.done += n
+                return errno.EFAULT
+            self._copy(view, pa, buf, u, n, write)
+            uio.done = u + n
+            done += n
+        return 0
+
+    @staticmethod
+    def _copy(view: memoryview, pa: int, buf: memoryview, u: int, n: int, write: bool) -> None:
+        if write:
+            view[pa : pa + n] = buf[u : u + n]
+        else:
+            buf[u : u + n] = view[pa : pa + n]
+
+    # --- the helpers everything uses ------------------------------------------------------
+
+    async def ubc_read(self, uobj: UvmObject, offset: int, uio: Uio) -> int:
+        """Copy ``uio.resid`` bytes of ``uobj`` from ``offset`` into ``uio`` (the caller
+        clips to EOF).  Returns 0 or an errno."""
+        while uio.resid:
+            err, win, va, n = await self.ubc_alloc(uobj, offset, uio.resid, UBC_READ)
+            if not err:
+                err = await self.uiomove(win, va, n, uio, False)
+            self.ubc_release(win, err)
+            if err:
+                return err
+            offset += n
+        return 0
+
+    async def ubc_write(
+        self, uobj: UvmObject, offset: int, uio: Uio, length: int, flags: int
+    ) -> int:
+        """Copy ``length`` bytes from ``uio`` into ``uobj`` at ``offset``; UBC_FAULTBUSY for
+        whole pages beyond EOF (the caller decides).  Returns 0 or an errno."""
+        end = offset + length
+        while offset < end:
+            err, win, va, n = await self.ubc_alloc(uobj, offset, end - offset, UBC_WRITE | flags)
+            if err:
+                return err
+            err = await self.uiomove(win, va, n, uio, True)
+            self.ubc_release(win, err, offset + n)
+            if err:
+                return err
+            offset += n
+        return 0
+
+    def purge(self, uobj: UvmObject) -> None:
+        """Unmap and forget every idle window of ``uobj`` (when its vnode goes away)."""
+        for key in [k for k in self.idle if k[0] is uobj]:
+            win = self.idle.pop(key)
+            self.unmap_window(win)
+            self.unused.append(win)
