@@ -83,6 +83,8 @@ class Vnode(GenfsNode):
         lock: the vnode lock.
         usecount: opens and other users (kernel: v_usecount).
         mtime_ns: modification time as the engine reports it.
+        mtime_explicit: ``mtime_ns`` was set by utimes after the last write, so the backing
+            file must get it back after write-back changed it.
     """
 
     def __init__(
@@ -101,7 +103,9 @@ class Vnode(GenfsNode):
         self.lock = VnodeLock()
         self.usecount = 0
         self.mtime_ns = mtime_ns
+        self.mtime_explicit = False  # set by utimes: re-applied after write-back
 
     def touch(self) -> None:
         """Record a modification now."""
         self.mtime_ns = time.time_ns()
+        self.mtime_explicit = False

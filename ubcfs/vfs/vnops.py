@@ -24,6 +24,7 @@ import trio
 
 from genfs.io import putpages
 from pagers.vnode import is_dirty
+from ubcfs.vfs.backing import futimens_empty
 from ubcfs.vm.pager import PGO_ALLPAGES, PGO_CLEANIT, PGO_FREE, PGO_SYNCIO
 from ubcfs.vm.ubc import UBC_FAULTBUSY, Uio
 
@@ -201,7 +202,17 @@ async def vop_fsync(vp: Vnode) -> int:
         err = await _fix_backing_size(vp)
         if err:
             return err
+        _restore_mtime(vp)
         return await vp.io.fsync(vp.fd)
+
+
+def _restore_mtime(vp: Vnode) -> None:
+    """Give the backing file back an mtime set by utimes that write-back overwrote."""
+    if vp.mtime_explicit:
+        try:
+            futimens_empty(vp.fd, None, vp.mtime_ns)
+        except OSError as e:
+            log.warning("%s: restoring mtime failed: %s", vp.name, e)
 
 
 async def _fix_backing_size(vp: Vnode) -> int:
@@ -229,4 +240,5 @@ async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
             return err
         ubc.purge(vp.uobj)
         vp.uvm.pages_freed()
+        _restore_mtime(vp)
         return 0
