@@ -351,19 +351,24 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
                 break
             handled.update(cp.offset for cp in buf.pages)
             aio = uvm.aio
-            if flags & PGO_SYNCIO or aio is None or not aio.running:
+            if aio is None or not aio.running:
+                # No aiodone daemon (in-process use without an engine): write it now.
                 await _async_write(buf)
                 err = buf.error
                 _write_iodone(buf)
                 if err and not result:
                     result = err
             else:
+                # Even for PGO_SYNCIO the clusters are started asynchronously, so that
+                # several writes are in flight at once; the wait below collects them.
                 aio.start_async(_async_write, buf)
             break
         if result:
             break
     if flags & PGO_SYNCIO:
         await node.wait_output()
+        if not result:
+            result = node.take_write_error()
     return result
 
 
@@ -471,8 +476,8 @@ def _write_iodone(buf: Buf) -> None:
 
     Success: PG_PAGEOUT pages that are still clean become free-on-unbusy; pages re-dirtied
     during the write simply stay dirty.  Failure: every page is dirty again; PG_PAGEOUT is
-    withdrawn (the page is reactivated), and PG_RELEASED too unless the page lies past EOF
-    -- nothing is lost.
+    withdrawn (the page is reactivated), and PG_RELEASED too -- nothing is lost -- unless
+    the page lies past EOF (truncated during the write): such a page is freed.
     """
     node: GenfsNode = buf.owner  # type: ignore[assignment]
     uvm = node.uvm
@@ -481,6 +486,7 @@ def _write_iodone(buf: Buf) -> None:
     ps = uvm.page_size
     eof = (node.writesize + ps - 1) // ps * ps
     if err:
+        node.write_error = err
         exp.write_errors += 1
         log.warning(
             "%s: write of %d pages at %d failed: errno %d (pages stay dirty)",
@@ -498,7 +504,12 @@ def _write_iodone(buf: Buf) -> None:
             if pg.flags & PG_PAGEOUT:
                 pg.flags &= ~PG_PAGEOUT
                 exp.paging -= 1
-                pageactivate(uvm, pg)
+                if pg.offset >= eof:
+                    # Truncated away during the write (setsize skips PG_PAGEOUT pages and
+                    # leaves them to us): nothing is left to keep, so free it.
+                    pg.flags |= PG_RELEASED
+                else:
+                    pageactivate(uvm, pg)
             elif pg.flags & PG_RELEASED and pg.offset < eof:
                 pg.flags &= ~PG_RELEASED
         elif pg.flags & PG_PAGEOUT:

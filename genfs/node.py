@@ -40,8 +40,8 @@ class GenfsParams:
             many bytes (0: off), as ffs_write does every 64 KiB.
     """
 
-    maxphys: int = 256 * 1024
-    readahead: int = 256 * 1024
+    maxphys: int = 1024 * 1024
+    readahead: int = 512 * 1024
     fastpath: bool = True
     writebehind: int = 0
 
@@ -59,6 +59,7 @@ class GenfsNode:
         params: tunables.
         numoutput: writes in flight (v_numoutput).
         ra_next: where a sequential reader would read next; ra_end: end of read-ahead issued.
+        write_error: errno of the last failed write not yet reported (its pages stay dirty).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class GenfsNode:
         self._output_done.set()
         self.ra_next = -1
         self.ra_end = 0
+        self.write_error = 0
 
     @property
     def name(self) -> str:
@@ -111,6 +113,11 @@ class GenfsNode:
         self.numoutput -= 1
         if self.numoutput == 0:
             self._output_done.set()
+
+    def take_write_error(self) -> int:
+        """Report (and forget) the last write error of this node."""
+        err, self.write_error = self.write_error, 0
+        return err
 
     async def wait_output(self) -> None:
         """Sleep until no write of this node is in flight (kernel: waiting on v_numoutput)."""

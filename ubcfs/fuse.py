@@ -113,7 +113,6 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.dirs: dict[int, tuple[Inode, list[bytes]]] = {}
-        self.wb_errors: dict[int, int] = {}  # inode -> write-back errno not yet reported
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -379,8 +378,11 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def flush(self, fh: int) -> None:
+        # close() reports a background write-back failure of this file since the last
+        # report (its pages stay dirty and are retried); flush does no I/O itself, since it
+        # runs on every close of every descriptor.
         h = self._handle(fh)
-        err = self.wb_errors.pop(h.inode.ino, 0)
+        err = h.vnode.take_write_error() if h.vnode is not None else 0
         if err:
             raise _fail(err)
 
@@ -393,7 +395,6 @@ class Operations(pyfuse3.Operations):
             err = await self.engine.io.fsync(h.data_fd, datasync)
         if err:
             raise _fail(err)
-        self.wb_errors.pop(h.inode.ino, None)
 
     @handler
     async def release(self, fh: int) -> None:

@@ -49,29 +49,36 @@ class Engine:
     Args:
         memory: simulated physical memory in bytes.
         page_size: bytes per page.
-        nwins, winsize: UBC window pool.
+        nwins, winsize: UBC window pool (default: windows covering twice the memory).
         params: genfs tunables (cluster size, read-ahead, fast path).
         nowait: try backing reads inline with RWF_NOWAIT before using a thread.
         test_reference: pagedaemon policy switch (see ``ClockPolicy``).
         max_io_threads: cap on concurrent backing-I/O threads.
+        populate: back all simulated memory with host memory at start (see ``PhysMem``).
     """
 
     def __init__(
         self,
         memory: int,
         page_size: int = 4096,
-        nwins: int = 256,
+        nwins: int | None = None,
         winsize: int = 64 * 1024,
         params: GenfsParams | None = None,
         nowait: bool = True,
         test_reference: bool = False,
         max_io_threads: int = 8,
+        populate: bool = False,
     ) -> None:
-        self.uvm = Uvm(memory, page_size)
+        self.uvm = Uvm(memory, page_size, populate=populate)
         self.params = params if params is not None else GenfsParams()
         if self.params.maxphys < page_size:
             raise ValueError(f"maxphys {self.params.maxphys} is smaller than a page")
-        self.ubc = Ubc(self.uvm, nwins=nwins, winsize=max(winsize, page_size))
+        winsize = max(winsize, page_size)
+        if nwins is None:
+            # Enough kernel VA to keep every resident page mapped in some idle window (twice
+            # memory), so warm data is copied without faults; windows cost no memory.
+            nwins = max(64, min(16384, 2 * memory // winsize))
+        self.ubc = Ubc(self.uvm, nwins=nwins, winsize=winsize)
         self.injector = FaultInjector()
         self.io = BackingIO(self.injector, trio.CapacityLimiter(max_io_threads), nowait=nowait)
         self.pdaemon = Pagedaemon(self.uvm, ClockPolicy(test_reference=test_reference))

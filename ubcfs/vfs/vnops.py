@@ -235,9 +235,17 @@ async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
     """Write back and free every page of ``vp`` and forget its windows (kernel: VOP_RECLAIM
     after vinvalbuf).  Returns the write error, with the pages kept, if writing failed."""
     async with vp.lock.exclusive():
-        err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_FREE | PGO_SYNCIO)
-        if err:
-            return err
+        # putpages skips pages under a pagedaemon pageout (PG_PAGEOUT) and only waits for
+        # them; if that write fails the page comes back dirty, so go round again until the
+        # object is empty -- a page left behind would outlive its vnode and its fd.
+        for _ in range(FSYNC_PASSES):
+            err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_FREE | PGO_SYNCIO)
+            if err:
+                return err
+            if not vp.uobj.pages:
+                break
+        else:
+            return errno.EAGAIN
         ubc.purge(vp.uobj)
         vp.uvm.pages_freed()
         _restore_mtime(vp)

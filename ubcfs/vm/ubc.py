@@ -104,8 +104,8 @@ class UbcWindow:
         index, va: its slot and kernel virtual address.
         uobj, offset: what it maps now (offset is window aligned), or None.
         refcount: users right now; 0 = on the idle LRU.
-        writeend: for a write window, the end offset of the write (faults never create pages
-            past it).
+        writeend: the end offset of what the window's users will copy: faults never map (or,
+            for writes, create) pages past it.
         busypages: UBC_FAULTBUSY pages held busy and kenter-mapped; fakepages: those that were
             not valid before the copy.
     """
@@ -310,8 +310,8 @@ class Ubc:
         offset = win.offset + (pgva - win.va)
         end = win.offset + self.winsize
         flags = PGO_SYNCIO
+        end = min(end, win.writeend)
         if access & _P_WRITE:
-            end = min(end, win.writeend)
             flags |= PGO_PASTEOF
         npages = max(1, (end - offset + ps - 1) // ps)
         err, pages = await uobj.pgops.get(uobj, offset, npages, access, flags)

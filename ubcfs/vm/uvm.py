@@ -44,6 +44,8 @@ class Uvm:
         page_size: a power of two from 512 to 65536.
         pv_entries: size of the pmap's pv-entry pool (default: twice the page count), the
             resource whose exhaustion makes ``pmap_enter(..., PMAP_CANFAIL)`` fail.
+        populate: back every frame with host memory now (a mounted machine), rather than
+            on first touch (tests, metadata measurements).
 
     Raises:
         ValueError: naming the bad value.
@@ -72,6 +74,7 @@ class Uvm:
         memory: int,
         page_size: int = DEFAULT_PAGE_SIZE,
         pv_entries: int | None = None,
+        populate: bool = False,
     ) -> None:
         shift = check_page_size(page_size)
         if not is_int(memory) or memory <= 0:
@@ -91,7 +94,7 @@ class Uvm:
         self.page_size = page_size
         self.page_shift = shift
         self.page_mask = page_size - 1
-        self.physmem = PhysMem(memory, page_size)
+        self.physmem = PhysMem(memory, page_size, populate)
         self.pages: list[VmPage] = [VmPage(i << shift) for i in range(npages)]
         # Pop from the end: reversed so that low frames are handed out first.
         self.free_zero: list[VmPage] = self.pages[::-1]
