@@ -1,0 +1,269 @@
+"""Fixtures for tests on real mounts (style.md section 7; after pyfuse3 ``test/util.py`` and
+s3ql ``t4_fuse.py``).
+
+* ``mounted``: one mount made by the real CLI (``ubcfs mount MNT --backing DIR --memory 1M``,
+  so the pagedaemon works all the time) in a temp dir.  At teardown ``ubcfs check`` and
+  ``ubcfs umount`` must both exit 0.
+* ``mounter``: makes more mounts (``mounter(name, *options)``), for tests that unmount on
+  their own or need special options; every mount it made is cleaned up the same way.
+
+Whatever happens -- a failed assertion, a dead daemon -- teardown never leaves a mount
+behind: after the polite unmount it falls back to ``fusermount3 -u -z`` and SIGKILL.
+
+Without FUSE (no ``/dev/fuse`` or no ``fusermount3``) the tests are skipped on a developer's
+machine but fail under ``CI=true``: the mounted tests are the point of the suite.
+
+Every CLI run gets its own XDG_STATE_HOME and XDG_DATA_HOME, so logs and the default store
+stay in the test's temp dirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ubcfs.ctl.protocol import mount_entry
+
+CMD_TIMEOUT = 120.0
+MEMORY = "1M"
+
+
+def fuse_missing() -> str | None:
+    """Why real mounts cannot be made here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"cannot open /dev/fuse: {e.strerror}"
+    return None
+
+
+def require_fuse() -> None:
+    """Skip without FUSE -- or fail, under CI=true."""
+    why = fuse_missing()
+    if why is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"FUSE is required under CI=true: {why}")
+    pytest.skip(f"no FUSE: {why}")
+
+
+def ubcfs_env(base: Path) -> dict[str, str]:
+    """The environment for CLI runs: state and default store under ``base``."""
+    env = dict(os.environ)
+    env["XDG_STATE_HOME"] = str(base / "state")
+    env["XDG_DATA_HOME"] = str(base / "data")
+    return env
+
+
+def run_ubcfs(
+    *args: str | Path, env: dict[str, str], timeout: float = CMD_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``ubcfs`` CLI (as ``python -m ubcfs``) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "ubcfs", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    """Something is mounted on ``path`` (read from the mount table, never touching it)."""
+    return mount_entry(str(path)) is not None
+
+
+def pid_alive(pid: int) -> bool:
+    """``pid`` runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def wait_until(cond: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Mounted:
+    """A live ubcfs mount made by the CLI.
+
+    Attributes:
+        mnt: the mountpoint.  backing: the backing directory.  pid: the daemon.
+        env: the environment its CLI commands run with.
+    """
+
+    def __init__(self, mnt: Path, backing: Path, env: dict[str, str]) -> None:
+        self.mnt = mnt
+        self.backing = backing
+        self.env = env
+        self.pid = 0
+        self.log: str | None = None
+
+    def ubcfs(
+        self, *args: str | Path, timeout: float = CMD_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a ``ubcfs`` CLI command with this mount's environment."""
+        return run_ubcfs(*args, env=self.env, timeout=timeout)
+
+    def ctl(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return self.ubcfs("ctl", self.mnt, *args)
+
+    def stat(self) -> dict[str, Any]:
+        """``ubcfs stat --json``, checked."""
+        r = self.ubcfs("stat", self.mnt, "--json")
+        assert r.returncode == 0, r.stderr
+        out: dict[str, Any] = json.loads(r.stdout)
+        return out
+
+    def ping(self) -> dict[str, Any]:
+        r = self.ctl("ping")
+        assert r.returncode == 0, r.stderr
+        out: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
+        return out
+
+    @property
+    def mounted(self) -> bool:
+        return is_mounted(self.mnt)
+
+    def log_tail(self, n: int = 30) -> str:
+        """The end of the daemon's log, for assertion messages."""
+        if self.log is None:
+            return "(no log)"
+        try:
+            return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-n:])
+        except OSError as e:
+            return f"(log unreadable: {e})"
+
+    def assert_healthy(self) -> None:
+        """The mount answers: a file round-trips, stat and check succeed."""
+        assert self.mounted, f"{self.mnt} is not mounted\n{self.log_tail()}"
+        assert pid_alive(self.pid), f"daemon {self.pid} died\n{self.log_tail()}"
+        probe = self.mnt / ".health-probe"
+        data = os.urandom(10000)
+        probe.write_bytes(data)
+        assert probe.read_bytes() == data
+        probe.unlink()
+        self.stat()
+        r = self.ubcfs("check", self.mnt)
+        assert r.returncode == 0, f"{r.stdout}{r.stderr}"
+
+
+class Mounter:
+    """Makes mounts under one temp dir and cleans them all up."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.env = ubcfs_env(base)
+        self.mounts: list[Mounted] = []
+        self.paths: list[Path] = []
+
+    def __call__(
+        self, name: str = "m", *options: str, memory: str = MEMORY, backing: bool = True
+    ) -> Mounted:
+        """Mount ``<base>/<name>/mnt`` with ``options`` over ``<base>/<name>/backing`` (or,
+        with ``backing=False``, over the default store of this test's XDG_DATA_HOME)."""
+        require_fuse()
+        top = self.base / name
+        mnt = top / "mnt"
+        mnt.mkdir(parents=True)
+        self.paths.append(mnt)
+        if backing:
+            store = top / "backing"
+            store.mkdir()
+            options = ("--backing", str(store), *options)
+        else:
+            store = Path(self.env["XDG_DATA_HOME"]) / "ubcfs" / "store"
+        r = run_ubcfs("mount", mnt, "--memory", memory, *options, env=self.env)
+        assert r.returncode == 0, f"mount failed: {r.stderr}"
+        assert r.stderr == "", r.stderr
+        assert r.stdout == "", r.stdout
+        return self.adopt(mnt, store)
+
+    def adopt(self, mnt: Path, backing: Path) -> Mounted:
+        """Track a mount made some other way (mount.sh, --foreground) for cleanup."""
+        if mnt not in self.paths:
+            self.paths.append(mnt)
+        m = Mounted(mnt, backing, self.env)
+        self.mounts.append(m)
+        assert os.path.ismount(mnt)
+        info = m.ping()
+        m.pid = info["pid"]
+        m.log = info["log"]
+        return m
+
+    def cleanup(self) -> None:
+        """``check`` and ``umount`` every live mount (asserting exit 0), then force away
+        whatever is left; the first failure is raised after everything was cleaned."""
+        failures: list[str] = []
+        for m in self.mounts:
+            if not m.mounted or not pid_alive(m.pid):
+                continue  # the test unmounted it (or killed it: forced below)
+            try:
+                r = m.ubcfs("check", m.mnt)
+                if r.returncode != 0:
+                    failures.append(
+                        f"ubcfs check {m.mnt}: exit {r.returncode}: {r.stdout}{r.stderr}"
+                    )
+                r = m.ubcfs("umount", m.mnt)
+                if r.returncode != 0:
+                    failures.append(f"ubcfs umount {m.mnt}: exit {r.returncode}: {r.stderr}")
+            except subprocess.TimeoutExpired as e:
+                failures.append(f"{m.mnt}: {e}")
+        for path in self.paths:
+            if is_mounted(path):
+                failures.append(f"{path} still mounted after umount; forcing")
+                subprocess.run(
+                    ["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True
+                )
+        for m in self.mounts:
+            if m.pid and pid_alive(m.pid):
+                failures.append(f"daemon {m.pid} still running after umount; killing")
+                with contextlib.suppress(OSError):
+                    os.kill(m.pid, signal.SIGKILL)
+                with contextlib.suppress(AssertionError):
+                    wait_until(lambda pid=m.pid: not pid_alive(pid), 10, "the daemon to die")
+        for path in self.paths:  # a killed daemon's mount, if auto_unmount did not get it
+            if is_mounted(path):
+                subprocess.run(
+                    ["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True
+                )
+        assert not failures, "; ".join(failures)
+
+
+@pytest.fixture
+def mounter(tmp_path: Path) -> Iterator[Mounter]:
+    """Make mounts with ``mounter(name, *options)``; all are unmounted at teardown."""
+    mk = Mounter(tmp_path)
+    try:
+        yield mk
+    finally:
+        mk.cleanup()
+
+
+@pytest.fixture
+def mounted(mounter: Mounter) -> Mounted:
+    """One mount with 1M of memory over an empty backing directory."""
+    return mounter("m")

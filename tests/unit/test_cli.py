@@ -1,0 +1,65 @@
+"""ubcfs.cli helpers that need no daemon: argument parsing and report formatting."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import pytest
+
+from ubcfs import cli
+from ubcfs.options import UsageError
+
+SNAP: dict[str, Any] = {
+    "page_size": 4096,
+    "pages": {"total": 256, "free": 10, "active": 200, "inactive": 46, "wired": 0, "dirty": 7},
+    "counters": {"faults": 5, "pageins": 3, "pageouts": 9, "ubc_hits": 4},
+    "swap": {"total": 0, "used": 0},
+}
+
+
+def test_errno_and_count() -> None:
+    assert cli._parse_errno("EIO") == errno.EIO
+    assert cli._parse_errno("enospc") == errno.ENOSPC
+    assert cli._parse_errno("5") == 5
+    for bad in ("EFOO", "99999", "-5", "", "errorcode", "E2BIGGER"):
+        with pytest.raises(UsageError, match="ERRNO"):
+            cli._parse_errno(bad)
+    assert cli._parse_count("0") == 0
+    for bad in ("-1", "x", "1.0", str(1 << 40)):
+        with pytest.raises(UsageError, match="COUNT"):
+            cli._parse_count(bad)
+
+
+def test_interval() -> None:
+    assert cli._parse_interval("0.5") == 0.5
+    for bad in ("0", "-1", "nan", "inf", "soon", "1e9"):
+        with pytest.raises(UsageError, match="--watch"):
+            cli._parse_interval(bad)
+
+
+def test_report() -> None:
+    text = cli.format_report("/mnt", SNAP)
+    lines = text.splitlines()
+    assert lines[0] == "/mnt:"
+    assert "        4096 bytes per page" in lines
+    assert "          10 pages free" in lines
+    assert "           9 pageouts" in lines
+    # A malformed snapshot is shown as far as it goes, never a crash.
+    assert cli.format_report("/mnt", {"pages": [], "counters": {"x": "y"}}).startswith("/mnt:")
+
+
+def test_watch_rows_show_growth() -> None:
+    later = {**SNAP, "counters": {**SNAP["counters"], "pageouts": 19}}
+    assert len(cli.format_watch_row(SNAP, None).split()) == len(cli.WATCH_HEADER.split())
+    row = cli.format_watch_row(later, SNAP)
+    left, right = row.split("|")
+    assert left.split()[0] == "10"
+    assert right.split() == ["0", "0", "10", "0", "0", "0", "0", "0"]
+
+
+def test_main_reports_usage_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["mount", "/x", "--memory", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("ubcfs: error: --memory: invalid size 'lots'")

@@ -1,0 +1,521 @@
+"""The ``ubcfs`` command line (design.md section 4).
+
+::
+
+    ubcfs mount MOUNTPOINT [--backing DIR | --tmpfs] [--memory SIZE] [--swap SIZE]
+                [--swap-file PATH] [--page-size SIZE] [--no-ubc] [--no-extend-fastpath]
+                [--allow-other] [--foreground] [--debug]
+    ubcfs umount MOUNTPOINT
+    ubcfs sync MOUNTPOINT
+    ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]
+    ubcfs check MOUNTPOINT
+    ubcfs ctl MOUNTPOINT ping
+    ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync ERRNO COUNT
+
+This module talks to a running daemon only through the control channel
+(``ubcfs.ctl.client``); it never imports pyfuse3, trio or the VM, so it starts fast and a
+broken mount cannot break it.  ``mount`` validates everything, then spawns
+``python -m ubcfs.daemon`` in a new session with a readiness pipe and returns when the
+daemon reports that the mount serves requests (or with the daemon's one-line reason).
+
+Errors are one line on stderr, ``ubcfs: error: ...``, never a traceback.  Exit status: 0 ok;
+2 the command line is wrong (bad value, a path that does not exist or is not a directory, an
+already mounted mountpoint, an option not available yet); 1 the command failed (no FUSE, not
+a ubcfs mount, the daemon could not mount, data could not be written back, ``check`` found
+violations); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NoReturn
+
+import ubcfs
+from ubcfs import __version__, options
+from ubcfs.ctl import client
+from ubcfs.ctl.client import CtlError
+from ubcfs.options import MountOptions, SetupError, UsageError
+
+MOUNT_TIMEOUT: Final = 60.0  # seconds for the daemon to report ready
+EXIT_TIMEOUT: Final = 60.0  # seconds for the daemon to exit after unmounting
+CHECK_TIMEOUT: Final = 600.0
+LOG_ROTATE_SIZE: Final = 10 << 20
+INJECT_KINDS: Final = ("backing-write", "backing-read", "backing-fsync")
+WATCH_HEADER_EVERY: Final = 20
+
+
+class CommandFailedError(Exception):
+    """The command failed (exit 1); the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our one-line error instead of usage + message + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ubcfs",
+        description="A FUSE filesystem whose page cache is a model of NetBSD's UVM/UBC.",
+    )
+    parser.add_argument("--version", action="version", version=f"ubcfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("mount", help="mount (returns when the mount serves requests)")
+    options.add_mount_arguments(p)
+    p.set_defaults(func=cmd_mount)
+
+    for name, func, text in (
+        ("umount", cmd_umount, "write everything back, unmount, wait for the daemon to exit"),
+        ("sync", cmd_sync, "write back every dirty page"),
+        ("check", cmd_check, "run the invariant checker in the daemon; exit 0 iff clean"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("mountpoint", metavar="MOUNTPOINT")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("stat", help="vmstat-style report of page states and counters")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--watch", metavar="SECONDS", help="repeat every SECONDS until Ctrl-C")
+    p.set_defaults(func=cmd_stat)
+
+    p = sub.add_parser("ctl", help="talk to the daemon: ping, fault injection")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    ctl = p.add_subparsers(dest="ctl_command", required=True, metavar="CTL_COMMAND")
+    q = ctl.add_parser("ping", help="print the daemon's identity as JSON")
+    q.set_defaults(func=cmd_ping)
+    q = ctl.add_parser("inject", help="make the next COUNT backing I/Os of KIND fail")
+    q.add_argument("kind", metavar="KIND", choices=INJECT_KINDS, help=" | ".join(INJECT_KINDS))
+    q.add_argument("errno", metavar="ERRNO", help="a name like EIO, or a number")
+    q.add_argument("count", metavar="COUNT", help="how many I/Os fail (0 disarms)")
+    q.set_defaults(func=cmd_inject)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script; returns the exit status."""
+    try:
+        ns = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = ns.func
+        return func(ns)
+    except UsageError as e:
+        return _error(str(e), 2)
+    except (SetupError, CommandFailedError, CtlError) as e:
+        return _error(str(e), 1)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except BrokenPipeError:
+        # The reader of our output went away (``ubcfs stat | head``): not worth a word.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _error(message: str, code: int) -> int:
+    print(f"ubcfs: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+# --- mount --------------------------------------------------------------------------------
+
+
+def cmd_mount(ns: argparse.Namespace) -> int:
+    opts = options.with_store(options.from_args(ns))
+    options.check_paths(opts)
+    argv = [sys.executable, "-P", "-m", "ubcfs.daemon", *opts.daemon_argv()]
+    if opts.foreground:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, argv, _daemon_env())
+        except OSError as e:
+            raise CommandFailedError(f"cannot run {sys.executable}: {e.strerror}") from None
+    return _spawn_daemon(opts, argv)
+
+
+def _daemon_env() -> dict[str, str]:
+    """Our environment, with the directory holding the ``ubcfs`` package first on
+    PYTHONPATH: the daemon runs with -P from ``/`` and must import the same code as we do."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ubcfs.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _open_log(mountpoint: str) -> tuple[str, int]:
+    path = options.log_path(mountpoint)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_size > LOG_ROTATE_SIZE:
+                os.replace(path, path + ".1")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CommandFailedError(f"cannot open the log file {path}: {e.strerror}") from None
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.write(fd, f"--- {stamp} ubcfs mount {mountpoint}\n".encode("utf-8", "replace"))
+    return path, fd
+
+
+def _spawn_daemon(opts: MountOptions, argv: list[str]) -> int:
+    """Start the daemon in its own session with stdio on the log, and wait for it."""
+    log_path, log_fd = _open_log(opts.mountpoint)
+    r, w = os.pipe()
+    try:
+        os.set_inheritable(w, True)
+        # Only 0-2 and the ready pipe reach the daemon: an inherited pipe of our caller
+        # (say, a test capturing our output) must not be held open by it.
+        actions: list[tuple[Any, ...]] = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ]
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in (w,)]
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                [*argv, "--ready-fd", str(w), "--log-file", log_path],
+                _daemon_env(),
+                file_actions=actions,
+                setsid=True,
+            )
+        except OSError as e:
+            raise CommandFailedError(f"cannot start the daemon: {e.strerror}") from None
+    finally:
+        os.close(w)
+        os.close(log_fd)
+    try:
+        message = _wait_ready(r, pid, log_path)
+    except KeyboardInterrupt:
+        # The user gave up: no mount should appear behind their back.  SIGTERM is the
+        # daemon's clean unmount (remembered even before its trio loop runs).
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        _reap(pid, EXIT_TIMEOUT)
+        raise
+    finally:
+        os.close(r)
+    if message == "ready":
+        _verify_mounted(opts.mountpoint, pid, log_path)
+        return 0
+    status = _reap(pid)
+    if message.startswith("error "):
+        raise CommandFailedError(message[len("error ") :])
+    raise CommandFailedError(
+        f"the daemon {status} before the mount was ready: {_last_log_line(log_path)}"
+        f" (log: {log_path})"
+    )
+
+
+def _inheritable_fds() -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            with contextlib.suppress(OSError):
+                if fd > 2 and os.get_inheritable(fd):
+                    out.append(fd)
+    return out
+
+
+def _wait_ready(r: int, pid: int, log_path: str) -> str:
+    """The daemon's first line on the ready pipe ('' at EOF without one)."""
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            _kill(pid)
+            raise CommandFailedError(
+                f"the daemon did not become ready within {MOUNT_TIMEOUT:g} s; it was killed"
+                f" (log: {log_path})"
+            )
+        if not poller.poll(int(min(left, 1.0) * 1000) + 1):
+            continue
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+
+
+def _verify_mounted(mountpoint: str, pid: int, log_path: str) -> None:
+    """The daemon said ready: make sure that the mount is there and answers (a stat of its
+    root goes through the daemon), without hanging forever if it does not."""
+    result: list[bool] = []
+    probe = threading.Thread(target=lambda: result.append(os.path.ismount(mountpoint)))
+    probe.daemon = True
+    probe.start()
+    probe.join(MOUNT_TIMEOUT)
+    if result == [True]:
+        return
+    why = "does not answer" if not result else "is not a mount point"
+    _kill(pid)
+    raise CommandFailedError(f"the daemon reported ready, but {mountpoint} {why} (log: {log_path})")
+
+
+def _reap(pid: int, timeout: float = 10.0) -> str:
+    """Wait for our child daemon to exit; describe how it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "exited"
+        if done:
+            if os.WIFSIGNALED(status):
+                return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            return f"exited with status {os.waitstatus_to_exitcode(status)}"
+        if time.monotonic() > deadline:
+            _kill(pid)
+            return "did not exit"
+        time.sleep(0.05)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)
+
+
+def _last_log_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "nothing logged"
+
+
+# --- commands that talk to a daemon -------------------------------------------------------
+
+
+def _connect(mountpoint: str) -> client.ControlClient:
+    """The control client of the mount on ``mountpoint``; a path that does not exist is a
+    usage error, a path without a daemon a failure (``CtlError``)."""
+    if not os.path.lexists(mountpoint) and not options.is_mountpoint(mountpoint):
+        raise UsageError(f"{mountpoint} does not exist")
+    return client.connect(mountpoint)
+
+
+def cmd_umount(ns: argparse.Namespace) -> int:
+    mnt = ns.mountpoint
+    ctl = _connect(mnt)
+    info = ctl.request("ping")
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if not isinstance(pid, int):
+        raise CommandFailedError(f"{mnt}: the daemon did not say who it is")
+    ctl.request("umount", timeout=None)  # replies after the final write-back
+    _wait_gone(mnt, pid)
+    return 0
+
+
+def _wait_gone(mountpoint: str, pid: int) -> None:
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    real = os.path.realpath(mountpoint)
+    while _alive(pid) or options.is_mountpoint(real):
+        if time.monotonic() > deadline:
+            what = f"daemon (pid {pid}) did not exit" if _alive(pid) else "mount did not go away"
+            raise CommandFailedError(f"{mountpoint}: data was written back, but the {what}")
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a daemon whose parent does not reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def cmd_sync(ns: argparse.Namespace) -> int:
+    _connect(ns.mountpoint).request("sync", timeout=None)
+    return 0
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    result = _connect(ns.mountpoint).request("check", timeout=CHECK_TIMEOUT)
+    violations = result.get("violations") if isinstance(result, dict) else None
+    if not isinstance(violations, list):
+        raise CommandFailedError(f"{ns.mountpoint}: malformed check result from the daemon")
+    for v in violations:
+        print(v)
+    if violations:
+        print(f"ubcfs: {ns.mountpoint}: {len(violations)} invariant violation(s)", file=sys.stderr)
+        return 1
+    print(f"{ns.mountpoint}: no invariant violations")
+    return 0
+
+
+def cmd_ping(ns: argparse.Namespace) -> int:
+    print(json.dumps(_connect(ns.mountpoint).request("ping")))
+    return 0
+
+
+def cmd_inject(ns: argparse.Namespace) -> int:
+    err = _parse_errno(ns.errno)
+    count = _parse_count(ns.count)
+    _connect(ns.mountpoint).request("inject", {"kind": ns.kind, "errno": err, "count": count})
+    return 0
+
+
+def _parse_errno(text: str) -> int:
+    """ERRNO: a name (``EIO``, ``eio``) or a number known to this system."""
+    if text.isdigit():
+        value = int(text)
+        if value in errno.errorcode:
+            return value
+        raise UsageError(f"ERRNO: {text} is not an errno number known to this system")
+    value_obj = getattr(errno, text.upper(), None)
+    if text.upper().startswith("E") and isinstance(value_obj, int):
+        return value_obj
+    raise UsageError(f"ERRNO: unknown errno {text!r} (use a name like EIO or a number)")
+
+
+def _parse_count(text: str) -> int:
+    if not text.isdigit() or int(text) > 1 << 31:
+        raise UsageError(f"COUNT: expected a whole number from 0 to {1 << 31}, got {text!r}")
+    return int(text)
+
+
+# --- stat -----------------------------------------------------------------------------------
+
+
+def cmd_stat(ns: argparse.Namespace) -> int:
+    interval = None if ns.watch is None else _parse_interval(ns.watch)
+    ctl = _connect(ns.mountpoint)
+    if interval is None:
+        snap = _snapshot(ctl)
+        print(json.dumps(snap) if ns.json else format_report(ns.mountpoint, snap))
+        return 0
+    try:
+        prev: dict[str, Any] | None = None
+        rows = 0
+        while True:
+            snap = _snapshot(ctl)
+            if ns.json:
+                print(json.dumps(snap), flush=True)
+            else:
+                if rows % WATCH_HEADER_EVERY == 0:
+                    print(WATCH_HEADER)
+                print(format_watch_row(snap, prev), flush=True)
+                rows += 1
+            prev = snap
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _parse_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise UsageError(f"--watch: expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _snapshot(ctl: client.ControlClient) -> dict[str, Any]:
+    snap = ctl.request("stat")
+    if not isinstance(snap, dict):
+        raise CommandFailedError(f"{ctl.mountpoint}: malformed stat result from the daemon")
+    return snap
+
+
+def _section(snap: dict[str, Any], name: str) -> dict[str, int]:
+    part = snap.get(name)
+    if not isinstance(part, dict):
+        return {}
+    return {k: v for k, v in part.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+_PAGE_LABELS: Final = {
+    "total": "pages managed",
+    "free": "pages free",
+    "active": "pages active",
+    "inactive": "pages inactive",
+    "wired": "pages wired",
+    "dirty": "pages dirty",
+    "file": "file pages",
+    "anon": "anonymous pages",
+    "paging": "pages being paged out",
+    "kernel": "kernel pages",
+    "zero": "free pages known zero",
+}
+
+
+def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
+    """The human ``stat`` report, in the style of ``vmstat -s``: one number per line."""
+    lines = [f"{mountpoint}:"]
+    page_size = snap.get("page_size")
+    if isinstance(page_size, int):
+        lines.append(f"{page_size:>12} bytes per page")
+    for key, n in _section(snap, "pages").items():
+        lines.append(f"{n:>12} {_PAGE_LABELS.get(key, key)}")
+    for key, n in _section(snap, "targets").items():
+        lines.append(f"{n:>12} target {key}")
+    for key, n in _section(snap, "counters").items():
+        lines.append(f"{n:>12} {key}")
+    swap = _section(snap, "swap")
+    lines.append(f"{swap.get('used', 0):>12} swap slots used")
+    lines.append(f"{swap.get('total', 0):>12} swap slots total")
+    return "\n".join(lines)
+
+
+_WATCH_PAGES: Final = ("free", "active", "inactive", "wired", "dirty", "file")
+_WATCH_COUNTERS: Final = (
+    ("faults", "flt"),
+    ("pageins", "pgin"),
+    ("pageouts", "pgout"),
+    ("pdscans", "scan"),
+    ("pdfreed", "freed"),
+    ("ubc_hits", "ubchit"),
+    ("ubc_misses", "ubcmis"),
+    ("zero_fills", "zfill"),
+)
+WATCH_HEADER: Final = (
+    " ".join(f"{k[:5]:>7}" for k in _WATCH_PAGES)
+    + " |"
+    + " ".join(f"{label:>7}" for _, label in _WATCH_COUNTERS)
+)
+
+
+def format_watch_row(snap: dict[str, Any], prev: dict[str, Any] | None) -> str:
+    """One ``stat --watch`` line, as vmstat prints: page counts now, and the counters'
+    growth since the previous line (since the mount for the first one)."""
+    pages = _section(snap, "pages")
+    now = _section(snap, "counters")
+    before = _section(prev, "counters") if prev is not None else {}
+    left = " ".join(f"{pages.get(k, 0):>7}" for k in _WATCH_PAGES)
+    right = " ".join(f"{now.get(k, 0) - before.get(k, 0):>7}" for k, _ in _WATCH_COUNTERS)
+    return f"{left} |{right}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

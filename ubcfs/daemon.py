@@ -1,0 +1,382 @@
+"""The mount daemon, ``python -m ubcfs.daemon`` (~ uvm_init.c + vfs_mount): the composition
+root that builds the engine, the backing namespace, the FUSE operations and the control
+server, mounts, serves, and unmounts.
+
+``ubcfs mount`` spawns it (after validating the command line itself) with ``--ready-fd N``, a
+pipe on which the daemon writes ``ready`` once the mount serves requests, or ``error
+<reason>`` when it cannot mount; its stdout/stderr are then the mount's log file.  With
+``--foreground`` the CLI execs it instead and it logs to the terminal.
+
+Life cycle (fuse-notes 1.2/1.3): everything that can fail is done before the mount so that
+errors reach the caller (engine, backing dir, control socket), then ``pyfuse3.init`` mounts
+in the foreground; only then does trio start -- the daemon never forks.  Inside trio one
+nursery holds the engine's daemons (``Engine.running``: pagedaemon, aiodone), the control
+server and a signal receiver, and the task that runs ``pyfuse3.main()``.
+
+Unmounting, in every case, is: ``pyfuse3.main()`` returns (``pyfuse3.terminate()`` from the
+ctl ``umount`` command or SIGINT/SIGTERM/SIGHUP, or an external ``fusermount3 -u``); then
+``Operations.final_writeback`` writes every dirty page back while the control server still
+answers; then the nursery is cancelled and ``pyfuse3.close(unmount=True)`` unmounts in a
+``finally``.  The exit status is 0 iff the final write-back succeeded.  The ctl ``umount``
+first syncs and refuses to unmount if that fails (the data stays in memory, dirty, and a
+later ``umount`` retries); otherwise it replies only after the final write-back, with its
+result, so that ``ubcfs umount`` can report lost data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import tempfile
+from typing import Any, Final, NoReturn
+
+import pyfuse3
+import trio
+
+from genfs.node import GenfsParams
+from pagers.backing_io import IOKind, parse_errno
+from ubcfs import __version__, options
+from ubcfs.ctl.protocol import ProtocolError, arg_int, arg_str, check_keys, socket_path
+from ubcfs.ctl.server import CommandError, ControlServer
+from ubcfs.fuse import Operations, fuse_options
+from ubcfs.options import MountOptions, SetupError, UsageError
+from ubcfs.vfs.backing import BackingNamespace
+from ubcfs.vfs.engine import Engine, errname
+from ubcfs.vm.audit import audit
+from ubcfs.vm.stat import snapshot
+
+log = logging.getLogger("ubcfs.daemon")  # not __main__ under -m
+
+REPLY_GRACE: Final = 5.0  # seconds to let pending ctl replies go out after the write-back
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m ubcfs.daemon", description="the ubcfs mount daemon")
+    options.add_mount_arguments(parser)
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+class ReadyPipe:
+    """The write end of the CLI's readiness pipe (or nothing, in the foreground)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        if fd is not None:
+            os.fstat(fd)  # OSError (EBADF) if the CLI did not pass it
+            # Not into fusermount3, which libfuse may spawn and keep running (auto_unmount):
+            # the CLI must see EOF when we die.
+            os.set_inheritable(fd, False)
+
+    def _say(self, text: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, text.encode("utf-8", "replace") + b"\n")
+        except OSError as e:  # the CLI went away: nothing to tell
+            log.debug("ready pipe: %s", e)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def ok(self) -> None:
+        self._say("ready")
+
+    def fail(self, message: str, code: int = 1) -> int:
+        """Report a failure to start; returns ``code`` for the exit status."""
+        message = " ".join(message.split())
+        print(f"ubcfs: error: {message}", file=sys.stderr, flush=True)
+        self._say(f"error {message}")
+        return code
+
+
+def _os_text(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+class Daemon:
+    """One mount: its engine, namespace, FUSE operations and control server."""
+
+    def __init__(self, opts: MountOptions, ready: ReadyPipe, log_file: str | None) -> None:
+        self.opts = opts
+        self.ready = ready
+        self.log_file = log_file
+        self.engine: Engine
+        self.ops: Operations
+        self.server: ControlServer
+        self.stopping = False
+        self.early_signal = 0
+        self.final_err = 0
+        self.final_done = trio.Event()
+
+    # --- start and stop ---------------------------------------------------------------
+
+    def main(self) -> int:
+        """Build, mount, serve until unmounted; return the exit status."""
+        opts = self.opts
+        assert opts.backing is not None
+        try:
+            self.engine = Engine(
+                memory=opts.memory,
+                page_size=opts.page_size,
+                params=GenfsParams(fastpath=opts.extend_fastpath),
+            )
+        except (ValueError, MemoryError, OSError) as e:
+            return self.ready.fail(f"cannot build the engine: {e}")
+        try:
+            namespace = BackingNamespace(opts.backing)
+        except OSError as e:
+            return self.ready.fail(
+                f"cannot open the backing directory {opts.backing}: {_os_text(e)}"
+            )
+        try:
+            self.server = ControlServer.bind(socket_path(opts.mountpoint))
+        except OSError as e:
+            namespace.close()
+            return self.ready.fail(f"cannot create the control socket: {_os_text(e)}")
+        self._register_commands()
+        self.ops = Operations(self.engine, namespace, ubc=opts.ubc)
+        self._catch_early_signals()
+        try:
+            reason = _mount(self.ops, opts.mountpoint, fuse_options(opts.backing, opts.allow_other))
+            if reason is not None:
+                return self.ready.fail(f"cannot mount on {opts.mountpoint}: {reason}")
+            try:
+                return trio.run(self._run)
+            except Exception as e:
+                log.exception("the daemon failed; unmounting")
+                if self.ready.fd is not None:
+                    self.ready.fail(f"the daemon failed: {type(e).__name__}: {e}")
+                return 1
+            finally:
+                pyfuse3.close(unmount=True)
+                log.info("unmounted %s", opts.mountpoint)
+        finally:
+            self.server.close()
+            namespace.close()
+
+    def _catch_early_signals(self) -> None:
+        """Until trio's receiver takes over (and after it stops), a stop signal is only
+        remembered: it must not interrupt the mount half-way with KeyboardInterrupt."""
+
+        def remember(signum: int, _frame: object) -> None:
+            self.early_signal = signum
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, remember)
+
+    async def _run(self) -> int:
+        async with self.engine.running(), trio.open_nursery() as nursery:
+            await nursery.start(self.server.serve)
+            await nursery.start(self._watch_signals)
+            self.ready.ok()
+            log.info("ubcfs %s serving %s (pid %d)", __version__, self.opts.mountpoint, os.getpid())
+            await pyfuse3.main()
+            log.info("FUSE loop ended; final write-back")
+            self.final_err = await self.ops.final_writeback()
+            if self.final_err:
+                log.error("final write-back failed: %s; data may be lost", errname(self.final_err))
+            else:
+                log.info("final write-back done")
+            self.final_done.set()
+            # Let the umount command(s) waiting for this answer before everything stops.
+            with trio.move_on_after(REPLY_GRACE):
+                await self.server.wait_idle()
+            nursery.cancel_scope.cancel()
+        return 1 if self.final_err else 0
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            task_status.started()
+            if self.early_signal:
+                self.stop(f"signal {signal.Signals(self.early_signal).name}")
+            async for signum in signals:
+                self.stop(f"signal {signal.Signals(signum).name}")
+
+    def stop(self, why: str) -> None:
+        """Make ``pyfuse3.main()`` return (after the running requests); idempotent."""
+        if self.stopping:
+            log.info("%s: already unmounting", why)
+            return
+        log.info("%s: unmounting", why)
+        self.stopping = True
+        pyfuse3.terminate()
+
+    # --- control commands -------------------------------------------------------------
+
+    def _register_commands(self) -> None:
+        for name, handler in (
+            ("ping", self._ctl_ping),
+            ("stat", self._ctl_stat),
+            ("check", self._ctl_check),
+            ("sync", self._ctl_sync),
+            ("umount", self._ctl_umount),
+            ("inject", self._ctl_inject),
+        ):
+            self.server.register(name, handler)
+
+    async def _ctl_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_keys(args, ())
+        o = self.opts
+        return {
+            "pid": os.getpid(),
+            "uid": os.getuid(),
+            "version": __version__,
+            "mountpoint": o.mountpoint,
+            "backing": o.backing,
+            "log": self.log_file,
+            "stopping": self.stopping,
+            "options": {
+                "memory": o.memory,
+                "page_size": o.page_size,
+                "swap": o.swap,
+                "swap_file": o.swap_file,
+                "ubc": o.ubc,
+                "extend_fastpath": o.extend_fastpath,
+                "allow_other": o.allow_other,
+                "default_store": o.default_store,
+            },
+            "injected": {
+                kind: {"errno": errname(err), "count": n}
+                for kind, (err, n) in self.engine.injector.armed().items()
+            },
+        }
+
+    async def _ctl_stat(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_keys(args, ())
+        return snapshot(self.engine.uvm)
+
+    async def _ctl_check(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_keys(args, ())
+        return {"violations": audit(self.engine.uvm)}
+
+    async def _ctl_sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_keys(args, ())
+        err = await self.engine.sync()
+        if err:
+            raise CommandError(
+                f"write-back failed: {errname(err)} ({os.strerror(err)}); the data stays"
+                " dirty in memory and is retried"
+            )
+        return {}
+
+    async def _ctl_umount(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_keys(args, ())
+        if not self.stopping:
+            err = await self.engine.sync()
+            if err:
+                raise CommandError(
+                    f"write-back failed: {errname(err)} ({os.strerror(err)}); still mounted,"
+                    " nothing was lost: fix the backing store and run umount again"
+                )
+            self.stop("umount command")
+        await self.final_done.wait()
+        if self.final_err:
+            raise CommandError(
+                f"unmounted, but the final write-back failed: {errname(self.final_err)}"
+                f" ({os.strerror(self.final_err)}); data may be lost"
+                + (f" (see {self.log_file})" if self.log_file else "")
+            )
+        return {"pid": os.getpid()}
+
+    async def _ctl_inject(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_keys(args, ("kind", "errno", "count"))
+        kind_name = arg_str(args, "kind", 64)
+        count = arg_int(args, "count", 0, 1 << 31)
+        err_arg = args["errno"]
+        try:
+            kind = IOKind.parse(kind_name)
+            if isinstance(err_arg, str) and len(err_arg) <= 64:
+                err = parse_errno(err_arg)
+            elif isinstance(err_arg, int) and not isinstance(err_arg, bool):
+                err = err_arg
+            else:
+                raise ProtocolError("argument 'errno' must be an errno name or number")
+            self.engine.injector.arm(kind, err, count)
+        except ValueError as e:  # ProtocolError is one too
+            raise ProtocolError(str(e)) from None
+        if count:
+            log.info("inject: next %d %s I/Os fail with %s", count, kind.value, errname(err))
+        else:
+            log.info("inject: %s disarmed", kind.value)
+        return {"kind": kind.value, "errno": errname(err), "count": count}
+
+
+def _mount(ops: Operations, mountpoint: str, fuse_opts: set[str]) -> str | None:
+    """``pyfuse3.init``: mount now.  Returns None on success, else the reason, taken from
+    what libfuse or fusermount3 printed on stderr (captured here, then copied to our
+    stderr) when there is something."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        failure = None
+        try:
+            pyfuse3.init(ops, mountpoint, fuse_opts)
+        except RuntimeError as e:
+            failure = str(e)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        said = captured.read().decode("utf-8", "replace").strip()
+    if said:
+        print(said, file=sys.stderr, flush=True)
+    if failure is None:
+        return None
+    lines = [line for line in said.splitlines() if line.strip()]
+    return lines[-1] if lines else failure
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1)  # a stack dump on demand for a hung mount
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the daemon; returns the exit status (2: bad arguments, 1: failure)."""
+    try:
+        ns = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"ubcfs: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        ready = ReadyPipe(ns.ready_fd)
+    except OSError:
+        print(f"ubcfs: error: --ready-fd {ns.ready_fd} is not an open file", file=sys.stderr)
+        return 2
+    try:
+        opts = options.with_store(options.from_args(ns))
+        options.check_paths(opts)
+    except UsageError as e:
+        return ready.fail(str(e), 2)
+    except SetupError as e:
+        return ready.fail(str(e), 1)
+    _setup_logging(opts.debug)
+    try:
+        os.chdir("/")  # do not keep the caller's cwd busy
+    except OSError as e:
+        log.warning("chdir /: %s", e)
+    return Daemon(opts, ready, ns.log_file).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
