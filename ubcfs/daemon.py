@@ -131,6 +131,7 @@ class Daemon:
                 memory=opts.memory,
                 page_size=opts.page_size,
                 params=GenfsParams(fastpath=opts.extend_fastpath),
+                populate=True,
             )
         except (ValueError, MemoryError, OSError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")

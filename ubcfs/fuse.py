@@ -148,6 +148,7 @@ class Operations(pyfuse3.Operations):
             v = cast("Vnode", vp)
             e.st_size = v.size
             e.st_mtime_ns = v.mtime_ns
+            e.st_ctime_ns = max(v.ctime_ns, v.mtime_ns)
             e.st_blocks = max(st.st_blocks, (v.size + 511) // 512)
         return e
 
@@ -225,6 +226,11 @@ class Operations(pyfuse3.Operations):
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
             self.ns.chown(ino, uid, gid)
+        vp_changed = ino.vnode
+        if vp_changed is not None and (
+            fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime
+        ):
+            cast("Vnode", vp_changed).changed()
         if fields.update_atime or fields.update_mtime:
             atime = attr.st_atime_ns if fields.update_atime else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None

@@ -79,7 +79,9 @@ class Vnode(GenfsNode):
         key: the backing file's (st_dev, st_ino): one vnode, one cache, per backing inode.
         lock: the vnode lock.
         usecount: opens and other users (kernel: v_usecount).
-        mtime_ns: modification time as the engine reports it.
+        mtime_ns, ctime_ns: modification and change times as the engine reports them (the
+            backing file's own change with every write-back, which programs must not see:
+            tar would think the file changed while it read it).
         mtime_explicit: ``mtime_ns`` was set by utimes after the last write, so the backing
             file must get it back after write-back changed it.
     """
@@ -100,9 +102,14 @@ class Vnode(GenfsNode):
         self.lock = VnodeLock()
         self.usecount = 0
         self.mtime_ns = mtime_ns
+        self.ctime_ns = time.time_ns()
         self.mtime_explicit = False  # set by utimes: re-applied after write-back
 
     def touch(self) -> None:
-        """Record a modification now."""
-        self.mtime_ns = time.time_ns()
+        """Record a modification of the data now (mtime and ctime)."""
+        self.mtime_ns = self.ctime_ns = time.time_ns()
         self.mtime_explicit = False
+
+    def changed(self) -> None:
+        """Record an attribute change now (ctime)."""
+        self.ctime_ns = time.time_ns()
