@@ -48,6 +48,7 @@ from ubcfs.vm.page import (
     PG_PAGEOUT,
     PG_RDONLY,
     PG_RELEASED,
+    PQ_INACTIVE,
     PQ_QUEUES,
     VmPage,
     page_unbusy,
@@ -72,7 +73,12 @@ from ubcfs.vm.pager import (
     uvm_wait,
 )
 from ubcfs.vm.param import Prot
-from ubcfs.vm.pmap import pmap_clear_modify, pmap_clear_reference, pmap_page_protect
+from ubcfs.vm.pmap import (
+    pmap_clear_modify,
+    pmap_clear_reference,
+    pmap_is_referenced,
+    pmap_page_protect,
+)
 
 if TYPE_CHECKING:
     from genfs.node import GenfsNode
@@ -261,7 +267,7 @@ def readahead(node: GenfsNode, start: int, end: int) -> None:
                 if run:
                     break
                 continue
-            if exp.free <= exp.freetarg + maxpages:
+            if exp.free <= exp.freemin + len(run):
                 node.ra_end = off
                 break
             with uobj.vmobjlock:
@@ -272,13 +278,13 @@ def readahead(node: GenfsNode, start: int, end: int) -> None:
             run.append(pg)
             off += ps
         if not run:
-            if exp.free <= exp.freetarg + maxpages:
+            if exp.free <= exp.freemin:
                 return
             continue
         exp.readahead_pages += len(run)
         node.output_start()
         aio.start_async(_async_read, Buf(run, run[0].offset, False, _read_iodone, node))
-        if exp.free <= exp.freetarg + maxpages:
+        if exp.free <= exp.freemin:
             return
 
 
@@ -399,7 +405,14 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
     cluster = _gather_cluster(node, pg)
     for cp in cluster:
         if not start <= cp.offset < end:
-            continue  # neighbours outside the range are written, not freed
+            if pdaemon and flags & PGO_FREE and _reclaimable_neighbour(cp):
+                # An inactive, unreferenced neighbour would be the daemon's next victim:
+                # free it with this write rather than scan it again and write it alone.
+                pmap_page_protect(uvm, cp, _PROT_NONE)
+                cp.flags |= PG_PAGEOUT
+                exp.paging += 1
+                pagedequeue(uvm, cp)
+            continue  # other neighbours outside the range are written, not freed
         if flags & PGO_DEACTIVATE and not cp.wire_count:
             pmap_clear_reference(cp)
             pagedeactivate(uvm, cp)
@@ -415,6 +428,10 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
         exp.pdpageouts += 1
     node.output_start()
     return Buf(cluster, cluster[0].offset, True, _write_iodone, node)
+
+
+def _reclaimable_neighbour(pg: VmPage) -> bool:
+    return bool(pg.pqflags & PQ_INACTIVE) and not pg.wire_count and not pmap_is_referenced(pg)
 
 
 def _gather_cluster(node: GenfsNode, pg: VmPage) -> list[VmPage]:

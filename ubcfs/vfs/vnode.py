@@ -13,7 +13,6 @@ and the I/O completions respect (they never take the vnode lock).
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -21,8 +20,6 @@ import trio
 from genfs.node import GenfsNode
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from genfs.node import GenfsParams
     from pagers.backing_io import BackingIO
     from ubcfs.vm.uvm import Uvm
@@ -31,45 +28,65 @@ if TYPE_CHECKING:
 class VnodeLock:
     """A readers-writer lock for trio tasks (kernel: the vnode lock, LK_SHARED/LK_EXCLUSIVE).
 
-    Uncontended acquisition is a couple of integer updates and no scheduling at all (it is
-    taken on every read and write).  Waiters park on a ``ParkingLot``; writers are preferred
-    once waiting, so a stream of readers cannot starve a writer.
+    ``async with lock.shared:`` / ``async with lock.exclusive:``.  Uncontended acquisition
+    is a couple of integer updates and no scheduling at all (it is taken on every read and
+    write, so it is a plain class, not a generator-based context manager).  Waiters park on a
+    ``ParkingLot``; writers are preferred once waiting, so readers cannot starve a writer.
     """
 
     def __init__(self) -> None:
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-        self._lot = trio.lowlevel.ParkingLot()
+        self.readers = 0
+        self.writer = False
+        self.writers_waiting = 0
+        self.lot = trio.lowlevel.ParkingLot()
+        self.shared = _Shared(self)
+        self.exclusive = _Exclusive(self)
 
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        while self._writer or self._writers_waiting:
-            await self._lot.park()
-        self._readers += 1
-        try:
-            yield
-        finally:
-            self._readers -= 1
-            if self._readers == 0 and self._lot:
-                self._lot.unpark_all()
+    def wake(self) -> None:
+        if self.lot:
+            self.lot.unpark_all()
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        if self._writer or self._readers:
-            self._writers_waiting += 1
+
+class _Shared:
+    __slots__ = ("lk",)
+
+    def __init__(self, lk: VnodeLock) -> None:
+        self.lk = lk
+
+    async def __aenter__(self) -> None:
+        lk = self.lk
+        while lk.writer or lk.writers_waiting:
+            await lk.lot.park()
+        lk.readers += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        lk = self.lk
+        lk.readers -= 1
+        if lk.readers == 0:
+            lk.wake()
+
+
+class _Exclusive:
+    __slots__ = ("lk",)
+
+    def __init__(self, lk: VnodeLock) -> None:
+        self.lk = lk
+
+    async def __aenter__(self) -> None:
+        lk = self.lk
+        if lk.writer or lk.readers:
+            lk.writers_waiting += 1
             try:
-                while self._writer or self._readers:
-                    await self._lot.park()
+                while lk.writer or lk.readers:
+                    await lk.lot.park()
             finally:
-                self._writers_waiting -= 1
-        self._writer = True
-        try:
-            yield
-        finally:
-            self._writer = False
-            if self._lot:
-                self._lot.unpark_all()
+                lk.writers_waiting -= 1
+        lk.writer = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        lk = self.lk
+        lk.writer = False
+        lk.wake()
 
 
 class Vnode(GenfsNode):

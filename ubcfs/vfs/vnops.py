@@ -46,7 +46,7 @@ async def vop_read(ubc: Ubc, vp: Vnode, offset: int, length: int) -> tuple[int, 
     """
     if offset < 0 or length < 0:
         return errno.EINVAL, bytearray()
-    async with vp.lock.shared():
+    async with vp.lock.shared:
         size = vp.size
         if offset >= size or length == 0:
             return 0, bytearray()
@@ -86,7 +86,7 @@ async def vop_write(
         return 0, 0
     uvm = vp.uvm
     ps = uvm.page_size
-    async with vp.lock.exclusive():
+    async with vp.lock.exclusive:
         oldsize = vp.size
         end = offset + n
         vp.writesize = max(vp.writesize, end)
@@ -136,7 +136,7 @@ async def vop_setsize(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     """
     if newsize < 0 or newsize > MAX_FILE_SIZE:
         return errno.EINVAL if newsize < 0 else errno.EFBIG
-    async with vp.lock.exclusive():
+    async with vp.lock.exclusive:
         return await _setsize_locked(ubc, vp, newsize)
 
 
@@ -190,7 +190,7 @@ async def vop_fsync(vp: Vnode) -> int:
     Loops until nothing is dirty, because a page re-dirtied during its own write is written
     again.  Returns the first error; the pages it concerns stay dirty for a retry.
     """
-    async with vp.lock.exclusive():
+    async with vp.lock.exclusive:
         for _ in range(FSYNC_PASSES):
             err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
             if err:
@@ -234,7 +234,7 @@ async def _fix_backing_size(vp: Vnode) -> int:
 async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
     """Write back and free every page of ``vp`` and forget its windows (kernel: VOP_RECLAIM
     after vinvalbuf).  Returns the write error, with the pages kept, if writing failed."""
-    async with vp.lock.exclusive():
+    async with vp.lock.exclusive:
         # putpages skips pages under a pagedaemon pageout (PG_PAGEOUT) and only waits for
         # them; if that write fails the page comes back dirty, so go round again until the
         # object is empty -- a page left behind would outlive its vnode and its fd.

@@ -37,13 +37,15 @@ import trio
 
 from ubcfs.vm.page import (
     PG_BUSY,
+    PG_CLEAN,
     PQ_INACTIVE,
     VmPage,
     pageactivate,
     pagedeactivate,
+    pagefree,
 )
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
-from ubcfs.vm.pmap import pmap_clear_reference
+from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_modified, pmap_page_protect
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
@@ -116,6 +118,17 @@ class ClockPolicy:
                     pg = nxt
                     continue
                 uobj.vmobjlock.exit()
+                if pg.flags & PG_CLEAN:
+                    # "modified" is consulted only when PG_CLEAN is set, and is final once
+                    # the mappings are gone.  A clean page is freed right here; only a dirty
+                    # one needs the pager (the kernel makes a pgo_put call for both).
+                    pmap_page_protect(uvm, pg, 0)
+                    if not pmap_is_modified(pg):
+                        pagefree(uvm, pg)
+                        exp.pdfreed += 1
+                        progress += 1
+                        pg = nxt
+                        continue
                 before = exp.free + exp.paging
                 await uobj.pgops.put(
                     uobj, pg.offset, pg.offset + ps, PGO_CLEANIT | PGO_FREE | PGO_PDAEMON

@@ -159,6 +159,7 @@ class Ubc:
         self.hash: dict[tuple[UvmObject, int], UbcWindow] = {}
         self.idle = _IdleWindows(self, nwins)
         self._window_idle = trio.Event()
+        self._window_waiters = 0
 
     # --- alloc / release ----------------------------------------------------------------
 
@@ -187,7 +188,11 @@ class Ubc:
             exp.ubc_misses += 1
             win = self._get_free_window()
             if win is None:
-                await self._window_idle.wait()
+                self._window_waiters += 1
+                try:
+                    await self._window_idle.wait()
+                finally:
+                    self._window_waiters -= 1
                 continue  # someone may have made our window meanwhile
             win.uobj = uobj
             win.offset = woff
@@ -199,10 +204,11 @@ class Ubc:
         if flags & UBC_FAULTBUSY:
             length = min(length, self.uvm.max_cluster_pages() * self.uvm.page_size)
         va = win.va + slot
-        if flags & UBC_WRITE:
-            win.writeend = (
-                max(win.writeend, offset + length) if win.refcount > 1 else offset + length
-            )
+        # Faults map pages only up to the end of what this use will copy, for reads too:
+        # NetBSD maps the rest of its 8 KiB window; with larger windows a random 4 KiB read
+        # would map, and later unmap, pages it never touches.
+        end = offset + length
+        win.writeend = max(win.writeend, end) if win.refcount > 1 else end
         if flags & UBC_FAULTBUSY:
             err = await self._faultbusy(win, offset, length)
             if err:
@@ -285,7 +291,7 @@ class Ubc:
         if win.refcount == 0:
             assert win.uobj is not None
             self.idle[(win.uobj, win.offset)] = win
-            if self._window_idle.statistics().tasks_waiting:
+            if self._window_waiters:
                 ev, self._window_idle = self._window_idle, trio.Event()
                 ev.set()
 
