@@ -43,7 +43,7 @@ class GenfsParams:
     maxphys: int = 1024 * 1024
     readahead: int = 512 * 1024
     fastpath: bool = True
-    writebehind: int = 0
+    writebehind: int = 1024 * 1024
 
 
 class GenfsNode:

@@ -74,50 +74,52 @@ async def findpages(
     out: list[VmPage | None] = []
     for i in range(npages):
         off = offset + i * ps
-        pg = await _findpage(uvm, uobj, off, flags, why)
-        if isinstance(pg, _NoMem):
-            release_pages(uvm, [p for p in out if p is not None])
-            return errno.ENOMEM, []
-        out.append(pg)
+        while True:
+            # The common cases (resident and unbusy, or missing) need no await at all.
+            pg = _findpage_locked(uvm, uobj, off, flags, why)
+            if isinstance(pg, _Found):
+                if pg is _Found.NOMEM:
+                    release_pages(uvm, [p for p in out if p is not None])
+                    return errno.ENOMEM, []
+                busy = uobj.pages[off]
+                await pagewait(uvm, busy, why)
+                continue  # the page may be gone or renamed: look it up again
+            out.append(pg)
+            break
     return 0, out
 
 
-class _NoMem(enum.Enum):
-    """Sentinel: no free page for an allocation that may not fail silently."""
+class _Found(enum.Enum):
+    """What ``_findpage_locked`` found when it could not return a page."""
 
-    NOMEM = 0
-
-
-_NOMEM: Final = _NoMem.NOMEM
+    NOMEM = 0  # no free page for an allocation that may not fail silently
+    BUSY = 1  # the page is busy and the caller may sleep on it
 
 
-async def _findpage(
+def _findpage_locked(
     uvm: Uvm, uobj: UvmObject, off: int, flags: int, why: str
-) -> VmPage | _NoMem | None:
-    pages = uobj.pages
-    while True:
-        pg = pages.get(off)
+) -> VmPage | _Found | None:
+    """One page of ``findpages``, without sleeping (kernel: uvn_findpage with the object
+    locked).  None: skipped."""
+    pg = uobj.pages.get(off)
+    if pg is None:
+        if flags & UFP_NOALLOC:
+            return None
+        with uobj.vmobjlock:
+            pg = pagealloc(uvm, uobj, off)
         if pg is None:
-            if flags & UFP_NOALLOC:
-                return None
-            with uobj.vmobjlock:
-                pg = pagealloc(uvm, uobj, off)
-            if pg is None:
-                return None if flags & UFP_NOWAIT else _NOMEM
-            return pg
-        if flags & UFP_NOCACHE:
-            return None
-        if pg.flags & PG_BUSY:
-            if flags & UFP_NOWAIT:
-                return None
-            await pagewait(uvm, pg, why)
-            continue  # the page may be gone or renamed: look it up again
-        if flags & UFP_NORDONLY and pg.flags & PG_RDONLY:
-            return None
-        if flags & UFP_DIRTYONLY and not is_dirty(pg):
-            return None
-        pagebusy(uvm, pg, why)
+            return None if flags & UFP_NOWAIT else _Found.NOMEM
         return pg
+    if flags & UFP_NOCACHE:
+        return None
+    if pg.flags & PG_BUSY:
+        return None if flags & UFP_NOWAIT else _Found.BUSY
+    if flags & UFP_NORDONLY and pg.flags & PG_RDONLY:
+        return None
+    if flags & UFP_DIRTYONLY and not is_dirty(pg):
+        return None
+    pagebusy(uvm, pg, why)
+    return pg
 
 
 def release_pages(uvm: Uvm, pages: list[VmPage]) -> None:

@@ -116,12 +116,13 @@ class Operations(pyfuse3.Operations):
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _vnode(self, inode: Inode) -> Vnode:
-        """The engine vnode of a regular file, made on first use; the inode holds one use
-        until it is forgotten."""
+    def _vnode(self, inode: Inode, data_fd: int = -1) -> Vnode:
+        """The engine vnode of a regular file, made on first use (from ``data_fd`` when the
+        caller has a read-write descriptor, which the vnode then owns); the inode holds one
+        use until it is forgotten."""
         vp = inode.vnode
         if vp is None:
-            fd = self.ns.open_data(inode, write=False)
+            fd = data_fd if data_fd >= 0 else self.ns.open_data(inode, write=False)
             vp = self.engine.adopt(fd, inode.proc_path)
             inode.vnode = vp
         return cast("Vnode", vp)
@@ -189,9 +190,8 @@ class Operations(pyfuse3.Operations):
             gone = os.fstat(v.fd).st_nlink == 0
         except OSError:
             gone = False
-        if gone:
-            await self.engine.truncate(v, 0)  # nobody can see the data again: discard it
-        err = await self.engine.release(v)
+        # An unlinked file's data can never be read again: drop it unwritten.
+        err = await self.engine.release(v, discard=gone)
         if err:
             log.error("%s: write-back at reclaim failed: errno %d; kept", v.name, err)
             v.usecount -= 1  # release kept it; the engine still owns the vnode
@@ -304,9 +304,12 @@ class Operations(pyfuse3.Operations):
     # --- files --------------------------------------------------------------------------
 
     def _new_handle(self, inode: Inode, flags: int, data_fd: int = -1) -> pyfuse3.FileInfo:
-        vnode = self._vnode(inode) if self.ubc else None
-        if vnode is not None and data_fd >= 0:
-            os.close(data_fd)
+        vnode = None
+        if self.ubc:
+            fresh = inode.vnode is None
+            vnode = self._vnode(inode, data_fd)
+            if data_fd >= 0 and not fresh:
+                os.close(data_fd)
             data_fd = -1
         if vnode is None and data_fd < 0:
             data_fd = self.ns.open_data(inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)

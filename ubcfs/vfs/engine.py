@@ -154,15 +154,20 @@ class Engine:
         vp.usecount += 1
         return vp
 
-    async def release(self, vp: Vnode) -> int:
-        """Drop a use of ``vp``; the last one writes its pages back, frees them and closes
-        the backing fd.  Returns a write-back error (the vnode is then kept)."""
+    async def release(self, vp: Vnode, discard: bool = False) -> int:
+        """Drop a use of ``vp``; the last one writes its pages back (or, with ``discard``,
+        for a file that no longer exists, throws them away), frees them and closes the
+        backing fd.  Returns a write-back error (the vnode is then kept)."""
         if vp.usecount <= 0:
             raise ValueError(f"release of unused vnode {vp.name}")
         vp.usecount -= 1
         if vp.usecount:
             return 0
-        err = await vnops.vop_reclaim(self.ubc, vp)
+        if discard:
+            await vnops.vop_discard(self.ubc, vp)
+            err = 0
+        else:
+            err = await vnops.vop_reclaim(self.ubc, vp)
         if err:
             vp.usecount += 1  # keep it (and its dirty pages) for a later retry
             return err

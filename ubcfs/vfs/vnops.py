@@ -231,6 +231,18 @@ async def _fix_backing_size(vp: Vnode) -> int:
     return await trio.to_thread.run_sync(work)
 
 
+async def vop_discard(ubc: Ubc, vp: Vnode) -> None:
+    """Free every page of ``vp`` without writing it, and forget its windows: the backing
+    file is gone (unlinked and no longer in use), so nobody can read the data again."""
+    async with vp.lock.exclusive:
+        vp.size = vp.writesize = 0
+        vp.uobj.generation += 1
+        await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_FREE)
+        await vp.wait_output()
+        ubc.purge(vp.uobj)
+        vp.uvm.pages_freed()
+
+
 async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
     """Write back and free every page of ``vp`` and forget its windows (kernel: VOP_RECLAIM
     after vinvalbuf).  Returns the write error, with the pages kept, if writing failed."""
