@@ -252,10 +252,10 @@ async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
         # object is empty -- a page left behind would outlive its vnode and its fd.
         for _ in range(FSYNC_PASSES):
             err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_FREE | PGO_SYNCIO)
+            if not vp.uobj.pages:
+                break  # everything written and freed: an older, retried failure is moot
             if err:
                 return err
-            if not vp.uobj.pages:
-                break
         else:
             return errno.EAGAIN
         ubc.purge(vp.uobj)
