@@ -184,13 +184,14 @@ def _check_pages(uvm: Uvm, out: list[str]) -> None:
                     out.append(f"[10] PG_RDONLY {pg!r} has a writable mapping")
     for name, counted, kept in (
         ("wired", wired, exp.wired),
-        ("paging", paging, exp.paging),
         ("filepages", filepages, exp.filepages),
         ("anonpages", anonpages, exp.anonpages),
         ("kernelpages", kernelpages, exp.kernelpages),
     ):
         if counted != kept:
             out.append(f"[2] uvmexp.{name} is {kept} but {counted} pages qualify")
+    if paging != exp.paging:
+        out.append(f"[3] uvmexp.paging is {exp.paging} but {paging} pages have PG_PAGEOUT")
     total = exp.free + exp.filepages + exp.anonpages + exp.kernelpages
     if total != exp.npages:
         out.append(f"[1] free+file+anon+kernel pages = {total}, not npages {exp.npages}")

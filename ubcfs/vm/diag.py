@@ -112,10 +112,13 @@ class LockInstrument(trio.abc.Instrument):
 
     def __init__(self) -> None:
         self.violations: list[str] = []
+        self._reported = False
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if SimpleLock.held_count:
+        if not SimpleLock.held_count:
+            self._reported = False
+        elif not self._reported:
+            # Report each held period once (the count itself belongs to the locks).
             msg = f"task {task.name} yielded while holding {SimpleLock.held_count} VM lock(s)"
             self.violations.append(msg)
-            # Reset so that the rest of the run is not reported over and over.
-            SimpleLock.held_count = 0
+            self._reported = True

@@ -288,8 +288,10 @@ def pagealloc(
     exp = uvm.uvmexp
     nfree = exp.free
     use_reserve = flags & PGA_USERESERVE
-    if (nfree <= exp.reserve_kernel and not use_reserve) or (
-        nfree <= exp.reserve_pagedaemon and not (use_reserve and flags & PGA_PDAEMON)
+    if (
+        nfree <= 0
+        or (nfree <= exp.reserve_kernel and not use_reserve)
+        or (nfree <= exp.reserve_pagedaemon and not (use_reserve and flags & PGA_PDAEMON))
     ):
         exp.pga_fail += 1
         uvm.kick_pdaemon()
@@ -387,6 +389,7 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
     uobj = pg.uobject
     if uobj is not None:
         del uobj.pages[pg.offset]
+        uobj.generation += 1
         if uobj.is_aobj:
             exp.anonpages -= 1
         else:

@@ -283,12 +283,14 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
 def _remove_pte(pmap: Pmap, va: int) -> Pte | None:
     """Remove the managed mapping at ``va``, leaving a stale translation; return it."""
     uvm = pmap.uvm
-    pte = pmap.ptes.pop(va >> uvm.page_shift, None)
+    vpn = va >> uvm.page_shift
+    pte = pmap.ptes.get(vpn)
     if pte is None:
         return None
     pg = pte.pg
     if pg is None:
         panic(f"pmap_remove: {pte!r} is a kenter mapping (use pmap_kremove)")
+    del pmap.ptes[vpn]
     assert pg.pvlist is not None
     pg.pvlist.remove(pte)
     if not pg.pvlist:
