@@ -46,6 +46,9 @@ async def vop_read(ubc: Ubc, vp: Vnode, offset: int, length: int) -> tuple[int, 
     """
     if offset < 0 or length < 0:
         return errno.EINVAL, bytearray()
+    # A cache hit never sleeps; yield once anyway so that a task reading in a loop cannot
+    # starve the others (trio's rule: every async call is a checkpoint).
+    await trio.lowlevel.checkpoint()
     async with vp.lock.shared:
         size = vp.size
         if offset >= size or length == 0:
@@ -86,6 +89,7 @@ async def vop_write(
         return 0, 0
     uvm = vp.uvm
     ps = uvm.page_size
+    await trio.lowlevel.checkpoint()  # see vop_read
     async with vp.lock.exclusive:
         oldsize = vp.size
         end = offset + n

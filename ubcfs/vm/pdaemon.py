@@ -92,13 +92,12 @@ class ClockPolicy:
         exp = uvm.uvmexp
         ps = uvm.page_size
         queue = uvm.inactive
-        target = uvm.free_target()
         progress = 0
         budget = 2 * queue.count + 16  # bound one pass, even if the queue is refilled
         pg = queue.head
         while pg is not None and budget > 0:
             budget -= 1
-            if exp.free + exp.paging >= target:
+            if not uvm.free_short():
                 break
             nxt = pg.pqnext
             exp.pdscans += 1
@@ -198,10 +197,10 @@ class Pagedaemon:
 
     def needs_scan(self) -> bool:
         """Is memory short? (kernel: the tests in uvm_pageout)."""
-        exp = self.uvm.uvmexp
-        target = self.uvm.free_target()
-        return exp.free + exp.paging < target or (
-            exp.free + exp.paging < target * 2 and exp.inactive < exp.inactarg
+        uvm = self.uvm
+        exp = uvm.uvmexp
+        return uvm.free_short() or (
+            exp.free + exp.paging < uvm.free_target() * 2 and exp.inactive < exp.inactarg
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

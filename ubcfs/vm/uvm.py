@@ -155,6 +155,15 @@ class Uvm:
         exp = self.uvmexp
         return max(exp.freetarg, exp.reserve_kernel + self.free_wanted + 1)
 
+    def free_short(self) -> bool:
+        """Is memory short?  ``free + paging`` below the target -- or, while somebody sleeps
+        in ``uvm_wait``, too few pages *actually free* for that sleeper: pages still under
+        pageout will be free only when their writes complete."""
+        exp = self.uvmexp
+        if exp.free + exp.paging < self.free_target():
+            return True
+        return bool(self.free_wanted) and exp.free <= exp.reserve_kernel + self.free_wanted
+
     def max_cluster_pages(self) -> int:
         """The most pages one request may hold busy at once, so that a few concurrent
         requests can never pin all of memory (the pagedaemon needs the rest)."""
