@@ -53,6 +53,7 @@ from ubcfs.vm.page import (
     VmPage,
     page_unbusy,
     pageactivate,
+    pagealloc,
     pagebusy,
     pagedeactivate,
     pagedequeue,
@@ -254,8 +255,6 @@ def readahead(node: GenfsNode, start: int, end: int) -> None:
     ps = uvm.page_size
     exp = uvm.uvmexp
     uobj = node.uobj
-    from ubcfs.vm.page import pagealloc
-
     node.ra_end = end
     off = start
     maxpages = max(1, node.params.maxphys // ps)

@@ -247,7 +247,3 @@ class Pagedaemon:
         finally:
             self._scanning = False
         return progress
-
-    def queue_shares(self) -> tuple[int, int]:
-        """(active, inactive) page counts, for reports."""
-        return self.uvm.uvmexp.active, self.uvm.uvmexp.inactive
