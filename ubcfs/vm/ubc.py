@@ -157,6 +157,7 @@ class Ubc:
         self.windows = [UbcWindow(i, UBC_BASE_VA + i * winsize) for i in range(nwins)]
         self.unused = self.windows[::-1]
         self.hash: dict[tuple[UvmObject, int], UbcWindow] = {}
+        self.by_obj: dict[UvmObject, set[int]] = {}  # object -> offsets of its windows
         self.idle = _IdleWindows(self, nwins)
         self._window_idle = trio.Event()
         self._window_waiters = 0
@@ -197,6 +198,7 @@ class Ubc:
             win.uobj = uobj
             win.offset = woff
             self.hash[key] = win
+            self.by_obj.setdefault(uobj, set()).add(woff)
             break
         win.refcount += 1
         slot = offset - woff
@@ -230,6 +232,11 @@ class Ubc:
         pmap_update(self.pmap)
         if win.uobj is not None:
             self.hash.pop((win.uobj, win.offset), None)
+            offs = self.by_obj.get(win.uobj)
+            if offs is not None:
+                offs.discard(win.offset)
+                if not offs:
+                    del self.by_obj[win.uobj]
         win.uobj = None
 
     async def _faultbusy(self, win: UbcWindow, offset: int, length: int) -> int:
@@ -422,7 +429,9 @@ class Ubc:
 
     def purge(self, uobj: UvmObject) -> None:
         """Unmap and forget every idle window of ``uobj`` (when its vnode goes away)."""
-        for key in [k for k in self.idle if k[0] is uobj]:
+        # Only this object's windows: the pool may hold thousands.
+        keys = [(uobj, off) for off in self.by_obj.get(uobj, ())]
+        for key in [k for k in keys if k in self.idle]:
             win = self.idle.pop(key)
             self.unmap_window(win)
             self.unused.append(win)
