@@ -407,26 +407,30 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
             if pdaemon and flags & PGO_FREE and _reclaimable_neighbour(cp):
                 # An inactive, unreferenced neighbour would be the daemon's next victim:
                 # free it with this write rather than scan it again and write it alone.
-                pmap_page_protect(uvm, cp, _PROT_NONE)
-                cp.flags |= PG_PAGEOUT
-                exp.paging += 1
-                pagedequeue(uvm, cp)
+                _set_pageout(node, cp)
             continue  # other neighbours outside the range are written, not freed
         if flags & PGO_DEACTIVATE and not cp.wire_count:
             pmap_clear_reference(cp)
             pagedeactivate(uvm, cp)
+        elif pdaemon and flags & PGO_FREE:
+            _set_pageout(node, cp)
         elif flags & PGO_FREE:
             pmap_page_protect(uvm, cp, _PROT_NONE)
-            if pdaemon:
-                cp.flags |= PG_PAGEOUT
-                exp.paging += 1
-                pagedequeue(uvm, cp)
-            else:
-                cp.flags |= PG_RELEASED
+            cp.flags |= PG_RELEASED
     if pdaemon:
         exp.pdpageouts += 1
     node.output_start()
     return Buf(cluster, cluster[0].offset, True, _write_iodone, node)
+
+
+def _set_pageout(node: GenfsNode, pg: VmPage) -> None:
+    """Hand a busy page of a pageout cluster to the write's completion, which frees it
+    (kernel: PG_PAGEOUT, counted in uvmexp.paging, off the paging queues)."""
+    uvm = node.uvm
+    pmap_page_protect(uvm, pg, _PROT_NONE)
+    pg.flags |= PG_PAGEOUT
+    uvm.uvmexp.paging += 1
+    pagedequeue(uvm, pg)
 
 
 def _reclaimable_neighbour(pg: VmPage) -> bool:

@@ -415,8 +415,12 @@ class Operations(pyfuse3.Operations):
         if h.data_fd >= 0:
             self.engine.io.forget(h.data_fd)
             os.close(h.data_fd)
-        inode = h.inode
-        inode.opens -= 1
+        h.inode.opens -= 1
+        await self._drop_if_unused(h.inode)
+
+    async def _drop_if_unused(self, inode: Inode) -> None:
+        """Forget an inode the kernel no longer knows once its last open is closed
+        (kernel: vrele -> VOP_INACTIVE/VOP_RECLAIM)."""
         if inode.opens == 0 and inode.nlookup <= 0 and inode.ino in self.ns.inodes:
             await self._reclaim(inode)
             self.ns.drop(inode)
@@ -455,10 +459,8 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         d = self.dirs.pop(fh, None)
         if d is not None:
-            ino = d[0]
-            ino.opens -= 1
-            if ino.opens == 0 and ino.nlookup <= 0 and ino.ino in self.ns.inodes:
-                self.ns.drop(ino)
+            d[0].opens -= 1
+            await self._drop_if_unused(d[0])
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

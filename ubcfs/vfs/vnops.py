@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -186,14 +187,21 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
 
 
 async def _ftruncate(fd: int, size: int) -> int:
-    def work() -> int:
+    return await _errno_in_thread(lambda: os.ftruncate(fd, size))
+
+
+async def _errno_in_thread(work: Callable[[], object]) -> int:
+    """Run a backing-file call that may wait for the disk in a worker thread; its
+    ``OSError`` becomes the errno (0 = success)."""
+
+    def run() -> int:
         try:
-            os.ftruncate(fd, size)
+            work()
         except OSError as e:
             return e.errno or errno.EIO
         return 0
 
-    return await trio.to_thread.run_sync(work)
+    return await trio.to_thread.run_sync(run)
 
 
 def dirty_pages(vp: Vnode) -> int:
@@ -237,15 +245,11 @@ async def _fix_backing_size(vp: Vnode) -> int:
     pages were never dirty (all zeroes) would otherwise be short."""
     size = vp.size
 
-    def work() -> int:
-        try:
-            if os.fstat(vp.fd).st_size != size:
-                os.ftruncate(vp.fd, size)
-        except OSError as e:
-            return e.errno or errno.EIO
-        return 0
+    def work() -> None:
+        if os.fstat(vp.fd).st_size != size:
+            os.ftruncate(vp.fd, size)
 
-    return await trio.to_thread.run_sync(work)
+    return await _errno_in_thread(work)
 
 
 async def vop_discard(ubc: Ubc, vp: Vnode) -> None:
