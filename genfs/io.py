@@ -58,6 +58,7 @@ from ubcfs.vm.page import (
     pagedeactivate,
     pagedequeue,
     pagefree,
+    pagemarkdirty,
     pagewait,
 )
 from ubcfs.vm.pager import (
@@ -79,6 +80,7 @@ from ubcfs.vm.pmap import (
     pmap_clear_reference,
     pmap_is_referenced,
     pmap_page_protect,
+    pmap_page_writable,
 )
 
 if TYPE_CHECKING:
@@ -153,10 +155,14 @@ async def getpages(
     if flags & PGO_OVERWRITE:
         # The caller will overwrite every page entirely: no read, no zero-fill.  The pages
         # are dirty from now on, and stay PG_FAKE until the caller has filled them.
+        dirtyoffs = node.uobj.dirtyoffs
+        nfake = 0
         for pg in pages:
             if pg.flags & PG_FAKE:
-                pg.flags &= ~(PG_CLEAN | PG_RDONLY)
-                uvm.uvmexp.fastpath_skipped_zero += 1
+                pg.flags &= ~(PG_RDONLY | PG_CLEAN)  # pagemarkdirty, inline
+                dirtyoffs.add(pg.offset)
+                nfake += 1
+        uvm.uvmexp.fastpath_skipped_zero += nfake
         return 0, pages
     err = await _read_fake_pages(node, pages)
     if err:
@@ -336,45 +342,77 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
     if flags & PGO_ALLPAGES:
         start = 0
     pdaemon = bool(flags & PGO_PDAEMON)
+    cleanonly = not flags & (PGO_FREE | PGO_DEACTIVATE)
     result = 0
     handled: set[int] = set()  # offsets of clusters this call already started
-    for off in [pg.offset for pg in uobj.pages_in_range(start, end)]:
+    if cleanonly:
+        offsets = uobj.dirty_in_range(start, end)  # cleaning only: the dirty pages
+    else:
+        offsets = [pg.offset for pg in uobj.pages_in_range(start, end)]
+    uvm.uvmexp.putpages_scanned += len(offsets)
+    # A cleaning pass that finds a page busy -- most often under a write this file already
+    # has in flight (write-behind) -- comes back to it once those writes are done, instead
+    # of sleeping on each such page in turn: by then the write's completion has usually
+    # taken it out of the dirty set.
+    later: list[int] = []
+    for off in offsets:
         if off in handled:
             continue
-        while True:
+        if cleanonly and not pdaemon:
             pg = uobj.pages.get(off)
-            if pg is None or pg.flags & (PG_RELEASED | PG_PAGEOUT):
-                break  # gone, or someone is freeing it already
-            if pg.flags & PG_BUSY:
-                if pdaemon:
-                    uvm.uvmexp.pdbusy += 1
-                    break
-                await pagewait(uvm, pg, "putpages")
-                continue  # look it up again: it may be gone or renamed
-            buf = _put_one(node, pg, start, end, flags)
-            if buf is None:
-                break
-            handled.update(cp.offset for cp in buf.pages)
-            aio = uvm.aio
-            if aio is None or not aio.running:
-                # No aiodone daemon (in-process use without an engine): write it now.
-                await _async_write(buf)
-                err = buf.error
-                _write_iodone(buf)
-                if err and not result:
-                    result = err
-            else:
-                # Even for PGO_SYNCIO the clusters are started asynchronously, so that
-                # several writes are in flight at once; the wait below collects them.
-                aio.start_async(_async_write, buf)
-            break
+            if pg is not None and pg.flags & PG_BUSY:
+                later.append(off)
+                continue
+        result = await _put_at(node, off, start, end, flags, handled)
         if result:
             break
+    if later and not result:
+        await node.wait_output()
+        for off in later:
+            if off in uobj.dirtyoffs and off not in handled:
+                result = await _put_at(node, off, start, end, flags, handled)
+                if result:
+                    break
     if flags & PGO_SYNCIO:
         await node.wait_output()
         if not result:
             result = node.take_write_error()
     return result
+
+
+async def _put_at(
+    node: GenfsNode, off: int, start: int, end: int, flags: int, handled: set[int]
+) -> int:
+    """Putpages for the page at ``off``, if resident: sleep while it is busy (not the
+    pagedaemon), then clean / deactivate / free it; a cluster write it needs is started
+    and its pages added to ``handled``.  Returns the errno of a write done synchronously."""
+    uvm = node.uvm
+    uobj = node.uobj
+    while True:
+        pg = uobj.pages.get(off)
+        if pg is None or pg.flags & (PG_RELEASED | PG_PAGEOUT):
+            return 0  # gone, or someone is freeing it already
+        if pg.flags & PG_BUSY:
+            if flags & PGO_PDAEMON:
+                uvm.uvmexp.pdbusy += 1
+                return 0
+            await pagewait(uvm, pg, "putpages")
+            continue  # look it up again: it may be gone or renamed
+        buf = _put_one(node, pg, start, end, flags)
+        if buf is None:
+            return 0
+        handled.update(cp.offset for cp in buf.pages)
+        aio = uvm.aio
+        if aio is None or not aio.running:
+            # No aiodone daemon (in-process use without an engine): write it now.
+            await _async_write(buf)
+            err = buf.error
+            _write_iodone(buf)
+            return err
+        # Even for PGO_SYNCIO the clusters are started asynchronously, so that several
+        # writes are in flight at once; the caller's wait collects them.
+        aio.start_async(_async_write, buf)
+        return 0
 
 
 def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> Buf | None:
@@ -392,6 +430,8 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
         pg.flags |= PG_CLEAN
         needs_clean = not wasclean
     if not needs_clean:
+        if flags & PGO_CLEANIT and not pmap_page_writable(pg):
+            node.uobj.dirtyoffs.discard(pg.offset)  # clean, and no store can dirty it
         if flags & PGO_FREE:
             pagefree(uvm, pg)
             if pdaemon:
@@ -519,7 +559,7 @@ def _write_iodone(buf: Buf) -> None:
         exp.pageouts += len(buf.pages)
     for pg in buf.pages:
         if err:
-            pg.flags &= ~PG_CLEAN
+            pagemarkdirty(pg)
             exp.pageout_failed += 1
             if pg.flags & PG_PAGEOUT:
                 pg.flags &= ~PG_PAGEOUT
@@ -541,6 +581,8 @@ def _write_iodone(buf: Buf) -> None:
                 pg.flags |= PG_RELEASED
                 exp.pdfreed += 1
         released = bool(pg.flags & PG_RELEASED)
+        if not err and not released and not is_dirty(pg) and not pmap_page_writable(pg):
+            node.uobj.dirtyoffs.discard(pg.offset)  # written, and nothing dirtied it since
         page_unbusy(uvm, pg)
         if not released and not pg.pqflags & PQ_QUEUES and not pg.wire_count:
             pageactivate(uvm, pg)

@@ -72,20 +72,37 @@ async def findpages(
     """
     ps = uvm.page_size
     out: list[VmPage | None] = []
-    for i in range(npages):
-        off = offset + i * ps
-        while True:
-            # The common cases (resident and unbusy, or missing) need no await at all.
-            pg = _findpage_locked(uvm, uobj, off, flags, why)
-            if isinstance(pg, _Found):
-                if pg is _Found.NOMEM:
-                    release_pages(uvm, [p for p in out if p is not None])
-                    return errno.ENOMEM, []
-                busy = uobj.pages[off]
-                await pagewait(uvm, busy, why)
-                continue  # the page may be gone or renamed: look it up again
-            out.append(pg)
+    end = offset + npages * ps
+    off = offset
+    pages = uobj.pages
+    while off < end:
+        # The common cases (resident and unbusy, or missing) need no await at all: take
+        # as many pages as possible under one hold of the object lock.
+        stop: _Found | None = None
+        with uobj.vmobjlock:
+            while off < end:
+                if not flags and off not in pages:
+                    # The commonest case, inline: a missing page to allocate.
+                    pg = pagealloc(uvm, uobj, off)
+                    if pg is None:
+                        stop = _Found.NOMEM
+                        break
+                    out.append(pg)
+                    off += ps
+                    continue
+                found = _findpage_locked(uvm, uobj, off, flags, why)
+                if isinstance(found, _Found):
+                    stop = found
+                    break
+                out.append(found)
+                off += ps
+        if stop is None:
             break
+        if stop is _Found.NOMEM:
+            release_pages(uvm, [p for p in out if p is not None])
+            return errno.ENOMEM, []
+        await pagewait(uvm, pages[off], why)
+        # ... and look the page up again: it may be gone or renamed.
     return 0, out
 
 
@@ -99,14 +116,15 @@ class _Found(enum.Enum):
 def _findpage_locked(
     uvm: Uvm, uobj: UvmObject, off: int, flags: int, why: str
 ) -> VmPage | _Found | None:
-    """One page of ``findpages``, without sleeping (kernel: uvn_findpage with the object
-    locked).  None: skipped."""
+    """One page of ``findpages``, without sleeping (kernel: uvn_findpage).  None: skipped.
+
+    => the object is locked.
+    """
     pg = uobj.pages.get(off)
     if pg is None:
         if flags & UFP_NOALLOC:
             return None
-        with uobj.vmobjlock:
-            pg = pagealloc(uvm, uobj, off)
+        pg = pagealloc(uvm, uobj, off)
         if pg is None:
             return None if flags & UFP_NOWAIT else _Found.NOMEM
         return pg

@@ -205,8 +205,9 @@ async def _errno_in_thread(work: Callable[[], object]) -> int:
 
 
 def dirty_pages(vp: Vnode) -> int:
-    """Resident pages of ``vp`` that need writing."""
-    return sum(1 for pg in vp.uobj.pages.values() if is_dirty(pg))
+    """Resident pages of ``vp`` that need writing (only its dirty set can hold them)."""
+    pages = vp.uobj.pages
+    return sum(1 for off in vp.uobj.dirtyoffs if is_dirty(pages[off]))
 
 
 async def vop_fsync(vp: Vnode) -> int:

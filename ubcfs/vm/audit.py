@@ -17,6 +17,8 @@ Rules checked (numbers as in the reference):
   9  pv lists and page tables correspond one to one; pmap statistics; the pv pool
   10 no writable managed mapping of a PG_RDONLY page
   11 stale-translation bookkeeping agrees with the pmaps
+  12 an object's dirty set covers every page of it that is dirty (PG_CLEAN clear or
+     modified bit set) or writably mapped, and names only resident pages
   and: an owned page that is not busy, not wired and on no queue is lost.
 """
 
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 from ubcfs.vm.diag import Panic
 from ubcfs.vm.page import (
     PG_BUSY,
+    PG_CLEAN,
     PG_FAKE,
     PG_PAGEOUT,
     PG_RDONLY,
@@ -42,6 +45,7 @@ from ubcfs.vm.page import (
     VmPage,
 )
 from ubcfs.vm.param import Prot
+from ubcfs.vm.pmap import MD_MODIFIED
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
@@ -208,6 +212,14 @@ def _check_objects(uvm: Uvm, out: list[str]) -> None:
                 out.append(f"[5] {obj.name}@{off:#x} holds {pg!r}, which is not its page")
             if pg.pqflags & PQ_FREE:
                 out.append(f"[5] {obj.name}@{off:#x} holds free page {pg!r}")
+            if off not in obj.dirtyoffs and (
+                not pg.flags & PG_CLEAN
+                or pg.mdattrs & MD_MODIFIED
+                or any(pte.prot & _P_WRITE for pte in pg.pvlist or ())
+            ):
+                out.append(f"[12] {obj.name}@{off:#x}: {pg!r} may be dirty, not in the dirty set")
+        for off in obj.dirtyoffs - obj.pages.keys():
+            out.append(f"[12] {obj.name}: dirty set names {off:#x}, which is not resident")
 
 
 def _check_pmaps(uvm: Uvm, out: list[str]) -> None:

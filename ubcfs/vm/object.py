@@ -45,10 +45,17 @@ class UvmObject:
         vmobjlock: the object lock, an assertion-checked owner flag.
         generation: bumped whenever pages are removed or the object is resized, so a task
             that slept can tell that what it looked up may be gone (fault relock rule).
+        dirtyoffs: offsets of the pages that may be dirty (kernel, NetBSD 9 on: the
+            UVM_PAGE_DIRTY_TAG of the object's page tree), so that cleaning visits those
+            pages only, not every resident one.  A superset: it holds every page whose
+            PG_CLEAN is clear and every page with a writable managed mapping (a store
+            through that sets only the modified bit); putpages drops a page it finds clean
+            and not writably mapped.
     """
 
     __slots__ = (
         "__weakref__",
+        "dirtyoffs",
         "generation",
         "is_aobj",
         "name",
@@ -67,6 +74,7 @@ class UvmObject:
         self.is_aobj = is_aobj
         self.pgops = pgops
         self.pages: dict[int, VmPage] = {}
+        self.dirtyoffs: set[int] = set()
         self.refs = 1
         self.vmobjlock = SimpleLock(f"vmobjlock:{name}")
         self.generation = 0
@@ -93,6 +101,19 @@ class UvmObject:
                     out.append(pg)
             return out
         return [pages[off] for off in sorted(o for o in pages if start <= o < end)]
+
+    def dirty_in_range(self, start: int, end: int) -> list[int]:
+        """Offsets of the maybe-dirty pages with start <= offset < end, ascending.
+
+        Costs O(min(range pages, dirty pages) · log), like ``pages_in_range``.
+        """
+        dirty = self.dirtyoffs
+        ps = self.uvm.page_size
+        first = start - start % ps
+        if (end - first) // ps <= len(dirty):
+            lo = first if first == start else first + ps
+            return [off for off in range(lo, end, ps) if off in dirty]
+        return sorted(o for o in dirty if start <= o < end)
 
     def __repr__(self) -> str:
         return f"<UvmObject {self.name} npages={len(self.pages)} refs={self.refs}>"

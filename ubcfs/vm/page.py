@@ -327,6 +327,8 @@ def pagealloc(
         pg.offset = offset
         uobj.pages[offset] = pg
         pg.flags |= PG_TABLED
+        if zeroit:
+            uobj.dirtyoffs.add(offset)  # a zeroed page is not PG_CLEAN
         if uobj.is_aobj:
             exp.anonpages += 1
         else:
@@ -354,6 +356,15 @@ def _alloc_checks(uvm: Uvm, uobj: UvmObject | None, offset: int, anon: VmAnon | 
         anon.lock.assert_locked()
         if anon.page is not None:
             panic("pagealloc: anon already has a page")
+
+
+def pagemarkdirty(pg: VmPage) -> None:
+    """Clear PG_CLEAN and put the page in its object's dirty set (kernel, NetBSD 9 on:
+    uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)).  The page is owned by the caller."""
+    pg.flags &= ~PG_CLEAN
+    uobj = pg.uobject
+    if uobj is not None:
+        uobj.dirtyoffs.add(pg.offset)
 
 
 def pagefree(uvm: Uvm, pg: VmPage) -> None:
@@ -389,6 +400,7 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
     uobj = pg.uobject
     if uobj is not None:
         del uobj.pages[pg.offset]
+        uobj.dirtyoffs.discard(pg.offset)
         uobj.generation += 1
         if uobj.is_aobj:
             exp.anonpages -= 1

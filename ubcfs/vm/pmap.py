@@ -273,6 +273,12 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
         pmap.resident_count += 1
         if wired:
             pmap.wired_count += 1
+    if prot & _P_WRITE:
+        # A store through this mapping will set only the modified bit: the page may be
+        # dirty from now on, as far as a cleaner looking at its object's dirty set knows.
+        uobj = pg.uobject
+        if uobj is not None:
+            uobj.dirtyoffs.add(pg.offset)
     if access & _P_WRITE:
         pg.mdattrs |= MD_REFERENCED | MD_MODIFIED
     elif access:
@@ -427,6 +433,37 @@ def pmap_kenter_pa(pmap: Pmap, va: int, pa: int, prot: int) -> None:
     uvm.uvmexp.pmap_kenter += 1
 
 
+def pmap_kenter_pages(pmap: Pmap, va: int, pas: list[int], prot: int) -> None:
+    """``pmap_kenter_pa`` of each frame of ``pas`` at consecutive pages from ``va``, in one
+    call (UBC_FAULTBUSY maps a window's run of busy pages this way)."""
+    uvm = pmap.uvm
+    if not pmap.is_kernel:
+        panic("pmap_kenter_pages: not the kernel pmap")
+    _check_va(pmap, va, "pmap_kenter_pages")
+    mask = uvm.page_mask
+    limit = uvm.physmem.size
+    shift = uvm.page_shift
+    ps = uvm.page_size
+    ptes = pmap.ptes
+    kentered = uvm.kentered
+    vpn = va >> shift
+    for pa in pas:
+        if pa & mask or not 0 <= pa < limit:
+            panic(f"pmap_kenter_pages: bad physical address {pa:#x}")
+        old = ptes.get(vpn)
+        if old is not None:
+            if old.pg is not None:
+                panic(f"pmap_kenter_pages: va {va:#x} holds managed mapping {old!r}")
+            _kremove_pte(pmap, vpn)
+        ptes[vpn] = Pte(pmap, va, pa, None, prot, True)
+        kentered[pa] = kentered.get(pa, 0) + 1
+        pmap.resident_count += 1
+        pmap.wired_count += 1
+        vpn += 1
+        va += ps
+    uvm.uvmexp.pmap_kenter += len(pas)
+
+
 def _kremove_pte(pmap: Pmap, vpn: int) -> None:
     uvm = pmap.uvm
     pte = pmap.ptes.pop(vpn)
@@ -448,15 +485,44 @@ def pmap_kremove(pmap: Pmap, va: int, size: int) -> None:
     if not pmap.is_kernel:
         panic("pmap_kremove: not the kernel pmap")
     _check_va(pmap, va, "pmap_kremove")
+    uvm = pmap.uvm
     ptes = pmap.ptes
+    kentered = uvm.kentered
+    stale = pmap.stale
+    refs = uvm.stale_refs
     for vpn in _vpns_in_range(pmap, va, va + size):
-        if ptes[vpn].pg is not None:
-            panic(f"pmap_kremove: {ptes[vpn]!r} is a managed mapping")
-        _kremove_pte(pmap, vpn)
-    pmap.uvm.uvmexp.pmap_kremove += 1
+        pte = ptes[vpn]
+        if pte.pg is not None:
+            panic(f"pmap_kremove: {pte!r} is a managed mapping")
+        del ptes[vpn]
+        pa = pte.pa
+        k = kentered[pa] - 1
+        if k:
+            kentered[pa] = k
+        else:
+            del kentered[pa]
+        # _make_stale, inline
+        lst = stale.get(vpn)
+        if lst is None:
+            stale[vpn] = [pte]
+        else:
+            lst.append(pte)
+        refs[pa] = refs.get(pa, 0) + 1
+        pmap.resident_count -= 1
+        pmap.wired_count -= 1
+    uvm.uvmexp.pmap_kremove += 1
 
 
 # --- page attributes --------------------------------------------------------------------
+
+
+def pmap_page_writable(pg: VmPage) -> bool:
+    """Has ``pg`` a managed mapping that allows writes (through which a store would set
+    only the modified bit)?"""
+    pvlist = pg.pvlist
+    if not pvlist:
+        return False
+    return any(pte.prot & _P_WRITE for pte in pvlist)
 
 
 def pmap_is_referenced(pg: VmPage) -> bool:

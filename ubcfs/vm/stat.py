@@ -104,6 +104,7 @@ class Uvmexp:
     pdrevs: int = 0  # pagedaemon passes
     pgpgin_io: int = 0  # read I/O operations (clusters)
     pgpgout_io: int = 0  # write I/O operations (clusters)
+    putpages_scanned: int = 0  # pages putpages looked at (cleaning visits the dirty set only)
     write_errors: int = 0  # failed backing writes (pages stay dirty)
     read_errors: int = 0  # failed backing reads
 

@@ -41,7 +41,7 @@ from ubcfs.vm.pmap import (
     PMAP_CANFAIL,
     PageFault,
     pmap_enter,
-    pmap_kenter_pa,
+    pmap_kenter_pages,
     pmap_kremove,
     pmap_remove,
     pmap_translate,
@@ -257,10 +257,13 @@ class Ubc:
         # Earlier managed mappings of this range go first; kenter mappings replace them.
         pmap_remove(self.pmap, va, va + length)
         pmap_update(self.pmap)
-        win.busypages = [pg for pg in pages if pg is not None]
-        win.fakepages = [pg for pg in win.busypages if pg.flags & PG_FAKE]
-        for pg in win.busypages:
-            pmap_kenter_pa(self.pmap, win.va + (pg.offset - win.offset), pg.phys_addr, _P_RW)
+        busy = win.busypages = [pg for pg in pages if pg is not None]
+        win.fakepages = [pg for pg in busy if pg.flags & PG_FAKE]
+        if busy[-1].offset - busy[0].offset != (len(busy) - 1) * ps:
+            panic("ubc_alloc: UBC_FAULTBUSY pages are not contiguous")
+        pmap_kenter_pages(
+            self.pmap, win.va + (busy[0].offset - win.offset), [pg.phys_addr for pg in busy], _P_RW
+        )
         return 0
 
     def ubc_release(self, win: UbcWindow, error: int, written_end: int = 0) -> None:
@@ -286,8 +289,10 @@ class Ubc:
             first = win.va + (win.busypages[0].offset - win.offset)
             pmap_kremove(self.pmap, first, len(win.busypages) * ps)
             pmap_update(self.pmap)
+            dirtyoffs = win.uobj.dirtyoffs  # type: ignore[union-attr]
             for pg in win.busypages:
-                pg.flags &= ~(PG_FAKE | PG_CLEAN)
+                pg.flags &= ~(PG_FAKE | PG_CLEAN)  # pagemarkdirty, inline
+                dirtyoffs.add(pg.offset)
                 pageactivate(uvm, pg)
                 page_unbusy(uvm, pg)
             win.busypages = []

@@ -291,6 +291,30 @@ async def test_fsync_reports_backing_fsync_error(tmp_path: Path) -> None:
         assert await eng.release(vp) == 0
 
 
+async def test_cleaning_visits_only_the_dirty_set(tmp_path: Path) -> None:
+    """fsync looks at the pages that may be dirty, not at every resident page: none when
+    the file is clean, the rewritten ones after a rewrite (and a page written through a
+    writable window mapping is still found although only its modified bit says so)."""
+    path = tmp_path / "f"
+    async with new_engine(pages=256).running() as eng:
+        exp = eng.uvm.uvmexp
+        vp = await eng.open(str(path))
+        data = bytearray(pattern(6, 32 * PAGE))
+        assert await eng.write(vp, 0, bytes(data)) == (0, len(data))
+        assert await eng.fsync(vp) == 0
+        assert len(vp.uobj.pages) == 32
+        before = exp.putpages_scanned
+        assert await eng.fsync(vp) == 0
+        assert exp.putpages_scanned == before  # clean: nothing to look at
+        data[5 * PAGE + 7 : 5 * PAGE + 9] = b"xy"
+        assert await eng.write(vp, 5 * PAGE + 7, b"xy") == (0, 2)
+        assert 5 * PAGE in vp.uobj.dirtyoffs
+        assert await eng.fsync(vp) == 0
+        assert 0 < exp.putpages_scanned - before <= 4  # the written page and its window's
+        assert_backing_matches(path, FileModel(bytes(data)))
+        assert await eng.release(vp) == 0
+
+
 async def test_release_during_failing_pageout_loses_nothing(tmp_path: Path) -> None:
     """The last release of a file whose page is under a pageout that then fails: either the
     release reports the error and keeps the vnode, or it writes the page itself -- the data

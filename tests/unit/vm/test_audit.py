@@ -22,6 +22,7 @@ from ubcfs.vm.diag import Panic
 from ubcfs.vm.object import UvmObject
 from ubcfs.vm.page import (
     PG_BUSY,
+    PG_CLEAN,
     PG_FAKE,
     PG_PAGEOUT,
     PG_RDONLY,
@@ -40,10 +41,21 @@ from ubcfs.vm.page import (
     pagedeactivate,
     pagedequeue,
     pagefree,
+    pagemarkdirty,
     pagewire,
 )
 from ubcfs.vm.param import Prot
-from ubcfs.vm.pmap import PMAP_WIRED, Pmap, Pte, pmap_enter, pmap_kenter_pa, pmap_remove
+from ubcfs.vm.pmap import (
+    MD_MODIFIED,
+    PMAP_WIRED,
+    Pmap,
+    Pte,
+    pmap_clear_modify,
+    pmap_enter,
+    pmap_kenter_pa,
+    pmap_page_writable,
+    pmap_remove,
+)
 from ubcfs.vm.uvm import Uvm
 
 pytestmark = pytest.mark.broken_vm
@@ -439,6 +451,40 @@ def test_rule11_stale_bookkeeping(busy_machine: Uvm, pmaps: list[Pmap]) -> None:
     assert audit.audit(busy_machine) == []  # stale but consistent: fine until update
     pmaps[0].stale.clear()  # flushed without updating the bookkeeping
     caught(busy_machine, "11", "stale-translation bookkeeping")
+
+
+def _clean_unmapped(obj: UvmObject) -> VmPage:
+    return next(pg for pg in obj.pages.values() if pg.flags & PG_CLEAN and not pg.pvlist)
+
+
+def test_rule12_cleared_pg_clean_without_the_dirty_set(busy_machine: Uvm, obj: UvmObject) -> None:
+    pg = _clean_unmapped(obj)
+    pg.flags &= ~PG_CLEAN
+    caught(busy_machine, "12", "not in the dirty set")
+    pagemarkdirty(pg)  # the right way
+    assert audit.audit(busy_machine) == []
+
+
+def test_rule12_modified_bit_without_the_dirty_set(busy_machine: Uvm, obj: UvmObject) -> None:
+    _clean_unmapped(obj).mdattrs |= MD_MODIFIED
+    caught(busy_machine, "12", "not in the dirty set")
+
+
+def test_rule12_writable_mapping_dropped_from_the_dirty_set(
+    busy_machine: Uvm, obj: UvmObject
+) -> None:
+    mapped = [pg for pg in obj.pages.values() if pmap_page_writable(pg)]
+    assert mapped
+    assert all(pg.offset in obj.dirtyoffs for pg in mapped)
+    pmap_clear_modify(mapped[0])
+    mapped[0].flags |= PG_CLEAN
+    obj.dirtyoffs.discard(mapped[0].offset)  # a store through the mapping would be missed
+    caught(busy_machine, "12", "not in the dirty set")
+
+
+def test_rule12_dirty_set_names_a_missing_page(busy_machine: Uvm, obj: UvmObject) -> None:
+    obj.dirtyoffs.add(1 << 40)
+    caught(busy_machine, "12", "not resident")
 
 
 # --- the after-test check in conftest ---------------------------------------------------

@@ -34,6 +34,7 @@ from ubcfs.vm.pmap import (
     pmap_is_modified,
     pmap_is_referenced,
     pmap_kenter_pa,
+    pmap_kenter_pages,
     pmap_kremove,
     pmap_page_protect,
     pmap_protect,
@@ -623,6 +624,24 @@ def test_kremove_range(uvm: Uvm, new_page: NewPage) -> None:
     pmap_kremove(kp, KVA, 4 * PS)
     pmap_update(kp)
     assert kp.ptes == {}
+
+
+def test_kenter_pages_is_kenter_pa_of_each_frame(uvm: Uvm, new_page: NewPage) -> None:
+    kp = uvm.kernel_pmap
+    pages = [new_page() for _ in range(3)]
+    pmap_kenter_pa(kp, KVA + PS, new_page().phys_addr, R)  # replaced, as kenter_pa would
+    pmap_kenter_pages(kp, KVA, [pg.phys_addr for pg in pages], RW)
+    assert [pmap_extract(kp, KVA + i * PS) for i in range(3)] == [pg.phys_addr for pg in pages]
+    assert uvm.kentered == {pg.phys_addr: 1 for pg in pages}
+    assert kp.resident_count == kp.wired_count == 3
+    store(kp, KVA + 2 * PS, b"k")
+    assert not pages[2].mdattrs  # unmanaged: no referenced/modified bits
+    with pytest.raises(Panic, match="bad physical address"):
+        pmap_kenter_pages(kp, KVA + 8 * PS, [1], R)
+    pmap_kremove(kp, KVA, 3 * PS)
+    pmap_update(kp)
+    assert kp.ptes == {}
+    assert kp.resident_count == 0
 
 
 # --- attributes -------------------------------------------------------------------------
