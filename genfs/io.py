@@ -212,8 +212,7 @@ async def _read_fake_pages(node: GenfsNode, pages: list[VmPage]) -> int:
         nread = 0
         if nbytes:
             nio = (nbytes + ps - 1) // ps
-            views = [physmem.frame(pg.phys_addr) for pg in run[:nio]]
-            views[-1] = views[-1][: nbytes - (nio - 1) * ps]
+            views = physmem.iovecs([pg.phys_addr for pg in run[:nio]], nbytes)
             exp.pgpgin_io += 1
             err, nread = await node.io.readv(node.fd, views, start)
             if err:
@@ -223,13 +222,15 @@ async def _read_fake_pages(node: GenfsNode, pages: list[VmPage]) -> int:
                 )
                 return err
             exp.pageins += nio
-        for k, pg in enumerate(run):
-            lo = max(0, nread - k * ps)
-            if lo == 0:
-                physmem.zero(pg.phys_addr)
-                exp.zero_fills += 1
-            elif lo < ps:
-                physmem.zero_range(pg.phys_addr, lo, ps)
+        if nread < len(run) * ps:
+            # Past EOF (or a short read): zero what the read did not fill.
+            for k, pg in enumerate(run):
+                lo = max(0, nread - k * ps)
+                if lo == 0:
+                    physmem.zero(pg.phys_addr)
+                    exp.zero_fills += 1
+                elif lo < ps:
+                    physmem.zero_range(pg.phys_addr, lo, ps)
         i = j
     return 0
 
@@ -264,28 +265,27 @@ def readahead(node: GenfsNode, start: int, end: int) -> None:
     node.ra_end = end
     off = start
     maxpages = max(1, node.params.maxphys // ps)
+    pages = uobj.pages
     while off < end:
         run: list[VmPage] = []
-        while off < end and len(run) < maxpages:
-            if off in uobj.pages:
-                off += ps
-                if run:
+        with uobj.vmobjlock:
+            while off < end and len(run) < maxpages:
+                if off in pages:
+                    off += ps
+                    if run:
+                        break
+                    continue
+                if exp.free <= exp.freemin + len(run):
+                    node.ra_end = off
                     break
-                continue
-            if exp.free <= exp.freemin + len(run):
-                node.ra_end = off
-                break
-            with uobj.vmobjlock:
                 pg = pagealloc(uvm, uobj, off)
-            if pg is None:
-                node.ra_end = off
-                break
-            run.append(pg)
-            off += ps
+                if pg is None:
+                    node.ra_end = off
+                    break
+                run.append(pg)
+                off += ps
         if not run:
-            if exp.free <= exp.freemin:
-                return
-            continue
+            return  # at the end, or memory is short
         exp.readahead_pages += len(run)
         node.output_start()
         aio.start_async(_async_read, Buf(run, run[0].offset, False, _read_iodone, node))
@@ -524,8 +524,7 @@ async def _async_write(buf: Buf) -> None:
         buf.error = 0
         return
     nio = (nbytes + ps - 1) // ps
-    views = [uvm.physmem.frame(pg.phys_addr) for pg in buf.pages[:nio]]
-    views[-1] = views[-1][: nbytes - (nio - 1) * ps]
+    views = uvm.physmem.iovecs([pg.phys_addr for pg in buf.pages[:nio]], nbytes)
     uvm.uvmexp.pgpgout_io += 1
     err, _ = await node.io.writev(node.fd, views, start)
     buf.error = err

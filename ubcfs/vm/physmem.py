@@ -41,6 +41,25 @@ class PhysMem:
         """The frame at ``pa`` as a writable memoryview."""
         return self.view[pa : pa + self.page_size]
 
+    def iovecs(self, pas: list[int], nbytes: int) -> list[memoryview]:
+        """The first ``nbytes`` of the frames ``pas`` (in that order) as an I/O vector:
+        physically adjacent frames share one view, as a scatter/gather list would."""
+        ps = self.page_size
+        view = self.view
+        out = []
+        start = prev = pas[0]
+        for pa in pas[1:]:
+            if pa != prev + ps:
+                out.append(view[start : prev + ps])
+                start = pa
+            prev = pa
+        out.append(view[start : prev + ps])
+        extra = len(pas) * ps - nbytes
+        if extra > 0:
+            last = out[-1]
+            out[-1] = last[: len(last) - extra]
+        return out
+
     def zero(self, pa: int) -> None:
         """Fill a frame with zeroes."""
         self.view[pa : pa + self.page_size] = self._zeroes

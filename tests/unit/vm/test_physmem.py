@@ -60,3 +60,21 @@ def test_close_releases_the_arena() -> None:
     mem.close()
     with pytest.raises(ValueError, match="released"):
         mem.frame(0)
+
+
+def test_iovecs_merge_adjacent_frames_and_cut_the_last() -> None:
+    mem = PhysMem(8 * PS, PS)
+    for i in range(8):
+        mem.frame(i * PS)[:] = bytes([i]) * PS
+    pas = [2 * PS, 3 * PS, 4 * PS, 0, 6 * PS, 7 * PS]
+    vecs = mem.iovecs(pas, 5 * PS + 10)
+    assert [len(v) for v in vecs] == [3 * PS, PS, PS + 10]
+    assert (
+        b"".join(bytes(v) for v in vecs)
+        == b"".join(bytes([pa // PS]) * PS for pa in pas)[: 5 * PS + 10]
+    )
+    assert [len(v) for v in mem.iovecs([5 * PS], PS)] == [PS]
+    assert [len(v) for v in mem.iovecs([PS, 0], 2 * PS)] == [PS, PS]  # descending: no merge
+    for v in vecs:
+        v.release()
+    mem.close()
