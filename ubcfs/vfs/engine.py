@@ -120,9 +120,12 @@ class Engine:
         return err
 
     async def sync(self) -> int:
-        """fsync every vnode; return the first error."""
+        """fsync every vnode written or resized since its last fsync (kernel: the syncer
+        walking its worklist); return the first error."""
         first = 0
         for vp in list(self.vnodes.values()):
+            if not vp.unsynced and not vp.numoutput and not vnops.dirty_pages(vp):
+                continue  # nothing of it is unwritten or unflushed
             err = await vnops.vop_fsync(vp)
             if err and not first:
                 first = err

@@ -101,6 +101,8 @@ class Vnode(GenfsNode):
             tar would think the file changed while it read it).
         mtime_explicit: ``mtime_ns`` was set by utimes after the last write, so the backing
             file must get it back after write-back changed it.
+        unsynced: written or resized since its last successful fsync (kernel: on the
+            syncer's worklist); a sync of every vnode skips the others.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Vnode(GenfsNode):
         self.ctime_ns = time.time_ns()
         self.mtime_explicit = False  # set by utimes: re-applied after write-back
         self.opcount = 0  # reads and writes, for fair scheduling (vnops._fair_checkpoint)
+        self.unsynced = False
 
     def touch(self) -> None:
         """Record a modification of the data now (mtime and ctime)."""

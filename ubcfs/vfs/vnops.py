@@ -108,6 +108,7 @@ async def vop_write(
         oldsize = vp.size
         end = offset + n
         vp.writesize = max(vp.writesize, end)
+        vp.unsynced = True
         uio = Uio(buf, efault_at)
         ranges: list[tuple[int, int, int]] = [(offset, end, 0)]
         if vp.params.fastpath:
@@ -163,6 +164,7 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     ps = uvm.page_size
     oldsize = vp.size
     vp.touch()
+    vp.unsynced = True
     if newsize >= oldsize and newsize >= vp.writesize:
         err = await _ftruncate(vp.fd, newsize)
         if err:
@@ -225,11 +227,14 @@ async def vop_fsync(vp: Vnode) -> int:
                 break
         else:
             return errno.EAGAIN
+        unsynced, vp.unsynced = vp.unsynced, False
         err = await _fix_backing_size(vp)
+        if not err:
+            _restore_mtime(vp)
+            err = await vp.io.fsync(vp.fd)
         if err:
-            return err
-        _restore_mtime(vp)
-        return await vp.io.fsync(vp.fd)
+            vp.unsynced = unsynced or vp.unsynced
+        return err
 
 
 def _restore_mtime(vp: Vnode) -> None:

@@ -443,3 +443,29 @@ async def test_pagedaemon_second_chance(tmp_path: Path) -> None:
         assert exp.pdfreed == freed + 2
         assert backing_page(path, 2) == b"C" * PAGE
         assert await eng.release(vp) == 0
+
+
+async def test_sync_of_every_vnode_skips_the_ones_already_synced(tmp_path: Path) -> None:
+    """Engine.sync (unmount, ``ubcfs sync``) fsyncs only vnodes written or resized since
+    their last fsync; one whose fsync failed stays due and is synced by the next sync."""
+    async with new_engine().running() as eng:
+        clean = await eng.open(str(tmp_path / "clean"))
+        assert await eng.write(clean, 0, b"c" * PAGE) == (0, PAGE)
+        assert await eng.fsync(clean) == 0
+        written = await eng.open(str(tmp_path / "written"))
+        assert await eng.write(written, 0, b"w" * 10) == (0, 10)
+        resized = await eng.open(str(tmp_path / "resized"))
+        assert await eng.truncate(resized, 3 * PAGE) == 0
+        eng.injector.arm(IOKind.FSYNC, errno.EIO, 5)
+        assert await eng.sync() == errno.EIO
+        assert eng.injector.armed() == {IOKind.FSYNC.value: (errno.EIO, 3)}  # not the clean one
+        eng.injector.arm(IOKind.FSYNC, errno.EIO, 0)
+        assert await eng.sync() == 0  # the two failed ones are still due
+        assert (tmp_path / "written").read_bytes() == b"w" * 10
+        assert (tmp_path / "resized").stat().st_size == 3 * PAGE
+        eng.injector.arm(IOKind.FSYNC, errno.EIO, 5)
+        assert await eng.sync() == 0  # nothing is due now
+        assert eng.injector.armed() == {IOKind.FSYNC.value: (errno.EIO, 5)}
+        eng.injector.arm(IOKind.FSYNC, errno.EIO, 0)
+        for vp in (clean, written, resized):
+            assert await eng.release(vp) == 0
