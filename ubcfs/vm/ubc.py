@@ -97,6 +97,14 @@ class Uio:
         return len(self.buf) - self.done
 
 
+def _copy(view: memoryview, pa: int, buf: memoryview, u: int, n: int, write: bool) -> None:
+    """Copy ``n`` bytes between physical address ``pa`` and ``buf[u:]``."""
+    if write:
+        view[pa : pa + n] = buf[u : u + n]
+    else:
+        buf[u : u + n] = view[pa : pa + n]
+
+
 class UbcWindow:
     """One UBC window (kernel: struct ubc_map).
 
@@ -385,28 +393,25 @@ class Ubc:
             if efault_at is not None and u + n > efault_at:
                 n = efault_at - u
                 if n > 0:
-                    self._copy(view, pa, buf, u, n, write)
+                    _copy(view, pa, buf, u, n, write)
                     uio.done += n
                 return errno.EFAULT
-            self._copy(view, pa, buf, u, n, write)
+            if write:
+                view[pa : pa + n] = buf[u : u + n]
+            else:
+                buf[u : u + n] = view[pa : pa + n]
             uio.done = u + n
             done += n
         return 0
-
-    @staticmethod
-    def _copy(view: memoryview, pa: int, buf: memoryview, u: int, n: int, write: bool) -> None:
-        if write:
-            view[pa : pa + n] = buf[u : u + n]
-        else:
-            buf[u : u + n] = view[pa : pa + n]
 
     # --- the helpers everything uses ------------------------------------------------------
 
     async def ubc_read(self, uobj: UvmObject, offset: int, uio: Uio) -> int:
         """Copy ``uio.resid`` bytes of ``uobj`` from ``offset`` into ``uio`` (the caller
         clips to EOF).  Returns 0 or an errno."""
-        while uio.resid:
-            err, win, va, n = await self.ubc_alloc(uobj, offset, uio.resid, UBC_READ)
+        total = len(uio.buf)
+        while uio.done < total:
+            err, win, va, n = await self.ubc_alloc(uobj, offset, total - uio.done, UBC_READ)
             if not err:
                 err = await self.uiomove(win, va, n, uio, False)
             self.ubc_release(win, err)
