@@ -274,10 +274,24 @@ class BackingNamespace:
         """Create (or with O_CREAT only, open) a file; returns the inode (+1 lookup), its
         stat and a read-write data fd."""
         check_name(name)
-        oflags = os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (flags & os.O_EXCL)
-        dfd = os.open(name, oflags, stat.S_IMODE(mode), dir_fd=parent.fd)
+        oflags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self._give(parent, name, uid, gid)
+            dfd = os.open(
+                name, oflags | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=parent.fd
+            )
+            created = True
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # Made in the backing directory since the kernel's lookup: open it as it is,
+            # without taking its ownership away from whoever made it.
+            dfd = os.open(name, oflags, dir_fd=parent.fd)
+            created = False
+        try:
+            if created and self.is_root_user:
+                # Through the descriptor: no second lookup of the name, which someone may
+                # have renamed or replaced meanwhile.
+                os.fchown(dfd, *self._owner(parent, uid, gid))
             inode, st = self.lookup(parent, name)
         except BaseException:
             os.close(dfd)
