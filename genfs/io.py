@@ -52,6 +52,7 @@ from ubcfs.vm.page import (
     PQ_QUEUES,
     VmPage,
     page_unbusy,
+    page_unbusy_many,
     pageactivate,
     pagealloc,
     pagebusy,
@@ -311,7 +312,7 @@ def _read_iodone(buf: Buf) -> None:
         pg.flags &= ~PG_FAKE
         pmap_clear_modify(pg)
         pageactivate(uvm, pg)
-        page_unbusy(uvm, pg)
+    page_unbusy_many(uvm, buf.pages)
 
 
 # --- putpages ---------------------------------------------------------------------------

@@ -557,6 +557,21 @@ def page_unbusy(uvm: Uvm, pg: VmPage) -> None:
         uvm.owner_tags.pop(pg, None)
 
 
+def page_unbusy_many(uvm: Uvm, pages: list[VmPage]) -> None:
+    """``page_unbusy`` of each page (kernel: uvm_page_unbusy(pgs, npgs)), with the common
+    case -- nobody waiting, not released -- inline."""
+    slow = PG_WANTED | PG_RELEASED
+    tags = uvm.owner_tags
+    for pg in pages:
+        flags = pg.flags
+        if flags & slow or not flags & PG_BUSY:
+            page_unbusy(uvm, pg)
+            continue
+        pg.flags = flags & ~PG_BUSY
+        if tags:
+            tags.pop(pg, None)
+
+
 async def pagewait(uvm: Uvm, pg: VmPage, why: str) -> None:
     """Sleep until ``pg`` is unbusied (kernel: uvm_pagewait / UVM_UNLOCK_AND_WAIT).
 

@@ -34,7 +34,7 @@ import trio
 from cachetools import LRUCache
 
 from ubcfs.vm.diag import panic
-from ubcfs.vm.page import PG_CLEAN, PG_FAKE, PG_RDONLY, page_unbusy, pageactivate
+from ubcfs.vm.page import PG_CLEAN, PG_FAKE, PG_RDONLY, page_unbusy_many, pageactivate
 from ubcfs.vm.pager import PGO_OVERWRITE, PGO_PASTEOF, PGO_SYNCIO, uvm_wait
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import (
@@ -302,7 +302,7 @@ class Ubc:
                 pg.flags &= ~(PG_FAKE | PG_CLEAN)  # pagemarkdirty, inline
                 dirtyoffs.add(pg.offset)
                 pageactivate(uvm, pg)
-                page_unbusy(uvm, pg)
+            page_unbusy_many(uvm, win.busypages)
             win.busypages = []
             win.fakepages = []
         if win.refcount <= 0:
@@ -357,7 +357,7 @@ class Ubc:
                 if pmap_enter(self.pmap, pva, pg, prot, acc | PMAP_CANFAIL):
                     shortage = True
             pageactivate(uvm, pg)
-            page_unbusy(uvm, pg)
+        page_unbusy_many(uvm, [pg for pg in pages if pg is not None])
         pmap_update(self.pmap)
         if shortage:
             exp.canfail_retries += 1

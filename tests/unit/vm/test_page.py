@@ -39,6 +39,7 @@ from ubcfs.vm.page import (
     PQ_QUEUES,
     VmPage,
     page_unbusy,
+    page_unbusy_many,
     pageactivate,
     pagealloc,
     pagebusy,
@@ -784,3 +785,30 @@ def test_unbusy_of_a_released_pageout_page_panics(uvm: Uvm, new_page: NewPage) -
     pg.flags &= ~(PG_RELEASED | PG_PAGEOUT)
     uvm.uvmexp.paging -= 1
     settle(uvm, pg)
+
+
+async def test_page_unbusy_many_is_page_unbusy_of_each(
+    uvm: Uvm, obj: UvmObject, new_page: NewPage
+) -> None:
+    plain, wanted, released = (new_page(settled=False) for _ in range(3))
+    for pg in (plain, wanted, released):
+        pg.flags &= ~PG_FAKE
+        pageactivate(uvm, pg)
+    released.flags |= PG_RELEASED
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await pagewait(uvm, wanted, "many")
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        page_unbusy_many(uvm, [plain, wanted, released])
+    assert woke.is_set()
+    assert not plain.flags & PG_BUSY
+    assert not wanted.flags & (PG_BUSY | PG_WANTED)
+    assert released.pqflags & PQ_FREE  # freed, as page_unbusy does
+    assert plain not in uvm.owner_tags
+    with pytest.raises(Panic, match="is not busy"):
+        page_unbusy_many(uvm, [plain])
