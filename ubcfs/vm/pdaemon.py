@@ -4,7 +4,9 @@ uvm_pdpolicy_clock.c for the policy split of later NetBSD).
 Theory of operation
 -------------------
 A trio task sleeps until an allocation finds memory short (``Uvm.kick_pdaemon``), then
-scans until ``free + paging`` reaches ``freetarg``:
+scans; once woken, the inactive scan goes on until ``free + paging`` reaches four times
+``freetarg`` (as 1.39 computes it), so that one wake-up frees a batch instead of the daemon
+being woken by nearly every allocation below the target:
 
 * **inactive scan** (from the head of the inactive queue): pages keep their mappings while
   inactive and had only their referenced bit cleared when they were deactivated (Thorpe's
@@ -97,7 +99,7 @@ class ClockPolicy:
         pg = queue.head
         while pg is not None and budget > 0:
             budget -= 1
-            if not uvm.free_short():
+            if uvm.free_plenty():
                 break
             nxt = pg.pqnext
             exp.pdscans += 1

@@ -164,6 +164,16 @@ class Uvm:
             return True
         return bool(self.free_wanted) and exp.free <= exp.reserve_kernel + self.free_wanted
 
+    def free_plenty(self) -> bool:
+        """May the inactive scan stop?  ``free + paging`` has reached four times the target
+        (uvm_pdaemon.c 1.39: the scan frees a batch, so that the daemon is not woken by
+        every allocation below the target), and no ``uvm_wait`` sleeper still lacks pages
+        actually free."""
+        exp = self.uvmexp
+        if exp.free + exp.paging < 4 * self.free_target():
+            return False
+        return not (self.free_wanted and exp.free <= exp.reserve_kernel + self.free_wanted)
+
     def max_cluster_pages(self) -> int:
         """The most pages one request may hold busy at once, so that a few concurrent
         requests can never pin all of memory (the pagedaemon needs the rest)."""

@@ -469,3 +469,31 @@ async def test_sync_of_every_vnode_skips_the_ones_already_synced(tmp_path: Path)
         eng.injector.arm(IOKind.FSYNC, errno.EIO, 0)
         for vp in (clean, written, resized):
             assert await eng.release(vp) == 0
+
+
+async def test_inactive_scan_frees_a_batch_up_to_four_times_the_target(tmp_path: Path) -> None:
+    """uvm_pdaemon 1.39: once woken, the inactive scan goes on until free + paging reaches
+    4 * freetarg (not just freetarg), so one wake-up frees a batch."""
+    path = tmp_path / "f"
+    path.write_bytes(pattern(7, 244 * PAGE))
+    async with new_engine(256).running() as eng:
+        uvm = eng.uvm
+        exp = uvm.uvmexp
+        vp = await eng.open(str(path))
+        eng.pdaemon.wakeup = lambda: None  # type: ignore[method-assign]  # we drive it
+        uvm.set_pdaemon_wakeup(eng.pdaemon.wakeup)
+        for off in range(0, 244 * PAGE, 4 * PAGE):
+            err, _ = await eng.read(vp, off, 4 * PAGE)
+            assert err == 0
+        await eng.aio.drain()
+        for pg in list(vp.uobj.pages.values()):
+            pmap_clear_reference(pg)
+            pagedeactivate(uvm, pg)
+        uvm.tune()
+        assert exp.free + exp.paging < exp.freetarg, "the file should fill memory"
+        freed = exp.pdfreed
+        await eng.pdaemon.policy.scan_inactive(eng.pdaemon)
+        assert exp.free + exp.paging == 4 * exp.freetarg
+        assert exp.pdfreed - freed > 3 * exp.freetarg // 2
+        assert_sound(eng)
+        assert await eng.release(vp) == 0
