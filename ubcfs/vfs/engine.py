@@ -21,7 +21,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from contextlib import asynccontextmanager
+import sys
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -41,6 +43,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_AFTER_FAILURE = 30.0  # seconds of write-back attempts after the body failed
+# While an engine runs, a thread that wants the GIL gets it within this many seconds
+# (sys.setswitchinterval; CPython's default is 5 ms).  The backing-I/O threads need it right
+# after their syscall returns, to hand the result back: with 5 ms, the trio thread's Python
+# work delayed every write-back completion by up to 5 ms, the writes in flight piled up
+# (their pages busy), and the pagedaemon kept scanning past them.
+IO_SWITCH_INTERVAL = 0.0005
 
 
 class Engine:
@@ -90,26 +98,27 @@ class Engine:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Engine]:
         """Run the daemons; on exit write everything back and stop them."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.aio.run)
-            self.uvm.aio = self.aio
-            await nursery.start(self.pdaemon.run)
-            failed = True
-            try:
-                yield self
-                failed = False
-            finally:
-                # After a failure (maybe a panic with pages left busy) write back what can be
-                # written, but do not wait forever.
-                with trio.CancelScope(shield=True) as scope:
-                    if failed:
-                        scope.deadline = trio.current_time() + SHUTDOWN_AFTER_FAILURE
-                    err = await self.shutdown()
-                if scope.cancelled_caught:
-                    log.error("shutdown after a failure timed out; dirty pages may remain")
-                elif err:
-                    log.error("shutdown: write-back failed: %s", errname(err))
-                nursery.cancel_scope.cancel()
+        with _prompt_io_threads():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.aio.run)
+                self.uvm.aio = self.aio
+                await nursery.start(self.pdaemon.run)
+                failed = True
+                try:
+                    yield self
+                    failed = False
+                finally:
+                    # After a failure (maybe a panic with pages left busy) write back what can be
+                    # written, but do not wait forever.
+                    with trio.CancelScope(shield=True) as scope:
+                        if failed:
+                            scope.deadline = trio.current_time() + SHUTDOWN_AFTER_FAILURE
+                        err = await self.shutdown()
+                    if scope.cancelled_caught:
+                        log.error("shutdown after a failure timed out; dirty pages may remain")
+                    elif err:
+                        log.error("shutdown: write-back failed: %s", errname(err))
+                    nursery.cancel_scope.cancel()
         self.uvm.aio = None
 
     async def shutdown(self) -> int:
@@ -196,6 +205,20 @@ class Engine:
 
     async def fsync(self, vp: Vnode) -> int:
         return await vnops.vop_fsync(vp)
+
+
+@contextmanager
+def _prompt_io_threads() -> Iterator[None]:
+    """Lower the interpreter's switch interval to IO_SWITCH_INTERVAL for the block (only
+    lower it: an embedding program may have chosen less).  Process-wide: with engines whose
+    lifetimes overlap without nesting, the first to finish restores the old value early,
+    which costs speed, not correctness."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, IO_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
 
 
 def errname(err: int) -> str:

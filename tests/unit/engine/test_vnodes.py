@@ -4,6 +4,7 @@ page cache), use counts, and what the last release does."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tests.unit.engine.enginetools import (
     new_engine,
     pattern,
 )
-from ubcfs.vfs.engine import Engine
+from ubcfs.vfs.engine import IO_SWITCH_INTERVAL, Engine
 
 
 async def test_hard_links_and_repeated_opens_share_one_vnode(tmp_path: Path) -> None:
@@ -96,3 +97,19 @@ async def test_leaving_the_engine_writes_everything_back(tmp_path: Path) -> None
             models[i].write(0, data)
     for p, m in zip(paths, models, strict=True):
         assert_backing_matches(p, m)
+
+
+async def test_running_engine_lowers_the_switch_interval_and_restores_it() -> None:
+    """Backing-I/O threads get the GIL promptly while an engine runs (IO_SWITCH_INTERVAL);
+    the old value comes back afterwards, and a lower one chosen by the program is kept."""
+    old = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        async with new_engine().running():
+            assert sys.getswitchinterval() == pytest.approx(IO_SWITCH_INTERVAL, rel=0.05)
+        assert sys.getswitchinterval() == pytest.approx(0.005, rel=0.05)
+        sys.setswitchinterval(0.0001)
+        async with new_engine().running():
+            assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
+    finally:
+        sys.setswitchinterval(old)
