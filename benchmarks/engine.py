@@ -1,7 +1,7 @@
 """End-to-end benchmark of the UBC engine (ubcfs/vfs/engine.py) against plain os.pread/pwrite.
 
 Run: ``.venv/bin/python benchmarks/engine.py [--quick] [--json FILE] [--dir DIR]
-[--jobs seqwrite,seqread,...] [--profile JOB ...] [--no-populate]``
+[--jobs seqwrite,seqread,...] [--profile JOB ...] [--no-populate] [--fastpath-pairs N]``
 
 Everything runs in one process, in one ``trio.run``.  Each job is timed twice on the same
 kind of backing file in the same temporary directory: once through a fresh ``Engine``
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -798,6 +799,12 @@ def main() -> None:
     )
     parser.add_argument("--top", type=int, default=30, help="functions per profile listing")
     parser.add_argument(
+        "--fastpath-pairs",
+        type=int,
+        metavar="N",
+        help="on/off pairs per fastpath case (default 4 paging, 6 fits; 3 and 5 with --quick)",
+    )
+    parser.add_argument(
         "--no-populate",
         action="store_true",
         help="do not pre-fault the engines' simulated memory: the host then zero-fills each"
@@ -811,6 +818,12 @@ def main() -> None:
     if bad:
         parser.error(f"unknown job(s) {bad}; choose from {JOBS}")
     cfg = Config.make(args.quick)
+    if args.fastpath_pairs is not None:
+        if args.fastpath_pairs < 1:
+            parser.error("--fastpath-pairs must be at least 1")
+        cfg = dataclasses.replace(
+            cfg, fp_reps_paging=args.fastpath_pairs, fp_reps_fits=args.fastpath_pairs
+        )
     prof = Profiler(set(args.profile))
 
     load = os.getloadavg()
