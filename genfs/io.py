@@ -351,15 +351,16 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
     else:
         offsets = [pg.offset for pg in uobj.pages_in_range(start, end)]
     uvm.uvmexp.putpages_scanned += len(offsets)
-    # A cleaning pass that finds a page busy -- most often under a write this file already
-    # has in flight (write-behind) -- comes back to it once those writes are done, instead
-    # of sleeping on each such page in turn: by then the write's completion has usually
-    # taken it out of the dirty set.
+    # A synchronous cleaning pass (fsync) that finds a page busy -- most often under a
+    # write this file already has in flight (write-behind) -- comes back to it once those
+    # writes are done, instead of sleeping on each such page in turn: by then the write's
+    # completion has usually taken it out of the dirty set.
+    defer_busy = cleanonly and not pdaemon and bool(flags & PGO_SYNCIO)
     later: list[int] = []
     for off in offsets:
         if off in handled:
             continue
-        if cleanonly and not pdaemon:
+        if defer_busy:
             pg = uobj.pages.get(off)
             if pg is not None and pg.flags & PG_BUSY:
                 later.append(off)

@@ -297,7 +297,8 @@ class Ubc:
             first = win.va + (win.busypages[0].offset - win.offset)
             pmap_kremove(self.pmap, first, len(win.busypages) * ps)
             pmap_update(self.pmap)
-            dirtyoffs = win.uobj.dirtyoffs  # type: ignore[union-attr]
+            assert win.uobj is not None
+            dirtyoffs = win.uobj.dirtyoffs
             for pg in win.busypages:
                 pg.flags &= ~(PG_FAKE | PG_CLEAN)  # pagemarkdirty, inline
                 dirtyoffs.add(pg.offset)
