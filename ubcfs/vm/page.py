@@ -337,8 +337,9 @@ def pagealloc(
         pg.pqflags = 0
         exp.kernelpages += 1
     pg.mdattrs = 0
-    # UVM_KICK_PDAEMON: the daemon decides itself whether a scan is due.
-    if nfree - 1 + exp.paging < exp.freetarg:
+    # UVM_KICK_PDAEMON: below freemin, or below freetarg with the inactive queue short.
+    avail = nfree - 1 + exp.paging
+    if avail < exp.freemin or (avail < exp.freetarg and exp.inactive < exp.inactarg):
         uvm.kick_pdaemon()
     return pg
 

@@ -284,6 +284,22 @@ def test_allocation_failure_and_low_memory_wake_the_pagedaemon(uvm: Uvm) -> None
     assert exp.pdkicks == kicks + 2
 
 
+def test_between_freemin_and_freetarg_only_a_short_inactive_queue_kicks(uvm: Uvm) -> None:
+    """UVM_KICK_PDAEMON: free + paging < freemin, or < freetarg with inactive < inactarg."""
+    wakeups: list[int] = []
+    uvm.set_pdaemon_wakeup(lambda: wakeups.append(uvm.uvmexp.free))
+    exp = uvm.uvmexp
+    assert exp.freemin + 2 <= exp.freetarg, "the test needs room between the targets"
+    while exp.free - 1 >= exp.freetarg:
+        assert kernel_page(uvm) is not None
+    exp.inactarg = 0  # the inactive queue is long enough
+    assert kernel_page(uvm) is not None
+    assert wakeups == []
+    exp.inactarg = exp.inactive + 1  # now it is short
+    assert kernel_page(uvm) is not None
+    assert len(wakeups) == 1
+
+
 def test_pagealloc_into_an_unlocked_object_panics(uvm: Uvm, obj: UvmObject) -> None:
     with pytest.raises(Panic, match="vmobjlock:vn not held"):
         pagealloc(uvm, obj, 0)
