@@ -434,34 +434,11 @@ def pmap_kenter_pa(pmap: Pmap, va: int, pa: int, prot: int) -> None:
 
 
 def pmap_kenter_pages(pmap: Pmap, va: int, pas: list[int], prot: int) -> None:
-    """``pmap_kenter_pa`` of each frame of ``pas`` at consecutive pages from ``va``, in one
-    call (UBC_FAULTBUSY maps a window's run of busy pages this way)."""
-    uvm = pmap.uvm
-    if not pmap.is_kernel:
-        panic("pmap_kenter_pages: not the kernel pmap")
-    _check_va(pmap, va, "pmap_kenter_pages")
-    mask = uvm.page_mask
-    limit = uvm.physmem.size
-    shift = uvm.page_shift
-    ps = uvm.page_size
-    ptes = pmap.ptes
-    kentered = uvm.kentered
-    vpn = va >> shift
-    for pa in pas:
-        if pa & mask or not 0 <= pa < limit:
-            panic(f"pmap_kenter_pages: bad physical address {pa:#x}")
-        old = ptes.get(vpn)
-        if old is not None:
-            if old.pg is not None:
-                panic(f"pmap_kenter_pages: va {va:#x} holds managed mapping {old!r}")
-            _kremove_pte(pmap, vpn)
-        ptes[vpn] = Pte(pmap, va, pa, None, prot, True)
-        kentered[pa] = kentered.get(pa, 0) + 1
-        pmap.resident_count += 1
-        pmap.wired_count += 1
-        vpn += 1
-        va += ps
-    uvm.uvmexp.pmap_kenter += len(pas)
+    """``pmap_kenter_pa`` of each frame of ``pas`` at consecutive pages from ``va``
+    (UBC_FAULTBUSY maps a window's run of busy pages this way)."""
+    ps = pmap.uvm.page_size
+    for i, pa in enumerate(pas):
+        pmap_kenter_pa(pmap, va + i * ps, pa, prot)
 
 
 def _kremove_pte(pmap: Pmap, vpn: int) -> None:
@@ -485,32 +462,12 @@ def pmap_kremove(pmap: Pmap, va: int, size: int) -> None:
     if not pmap.is_kernel:
         panic("pmap_kremove: not the kernel pmap")
     _check_va(pmap, va, "pmap_kremove")
-    uvm = pmap.uvm
     ptes = pmap.ptes
-    kentered = uvm.kentered
-    stale = pmap.stale
-    refs = uvm.stale_refs
     for vpn in _vpns_in_range(pmap, va, va + size):
-        pte = ptes[vpn]
-        if pte.pg is not None:
-            panic(f"pmap_kremove: {pte!r} is a managed mapping")
-        del ptes[vpn]
-        pa = pte.pa
-        k = kentered[pa] - 1
-        if k:
-            kentered[pa] = k
-        else:
-            del kentered[pa]
-        # _make_stale, inline
-        lst = stale.get(vpn)
-        if lst is None:
-            stale[vpn] = [pte]
-        else:
-            lst.append(pte)
-        refs[pa] = refs.get(pa, 0) + 1
-        pmap.resident_count -= 1
-        pmap.wired_count -= 1
-    uvm.uvmexp.pmap_kremove += 1
+        if ptes[vpn].pg is not None:
+            panic(f"pmap_kremove: {ptes[vpn]!r} is a managed mapping")
+        _kremove_pte(pmap, vpn)
+    pmap.uvm.uvmexp.pmap_kremove += 1
 
 
 # --- page attributes --------------------------------------------------------------------
