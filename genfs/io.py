@@ -156,14 +156,11 @@ async def getpages(
     if flags & PGO_OVERWRITE:
         # The caller will overwrite every page entirely: no read, no zero-fill.  The pages
         # are dirty from now on, and stay PG_FAKE until the caller has filled them.
-        dirtyoffs = node.uobj.dirtyoffs
-        nfake = 0
         for pg in pages:
             if pg.flags & PG_FAKE:
-                pg.flags &= ~(PG_RDONLY | PG_CLEAN)  # pagemarkdirty, inline
-                dirtyoffs.add(pg.offset)
-                nfake += 1
-        uvm.uvmexp.fastpath_skipped_zero += nfake
+                pg.flags &= ~PG_RDONLY
+                pagemarkdirty(pg)
+                uvm.uvmexp.fastpath_skipped_zero += 1
         return 0, pages
     err = await _read_fake_pages(node, pages)
     if err:

@@ -81,15 +81,6 @@ async def findpages(
         stop: _Found | None = None
         with uobj.vmobjlock:
             while off < end:
-                if not flags and off not in pages:
-                    # The commonest case, inline: a missing page to allocate.
-                    pg = pagealloc(uvm, uobj, off)
-                    if pg is None:
-                        stop = _Found.NOMEM
-                        break
-                    out.append(pg)
-                    off += ps
-                    continue
                 found = _findpage_locked(uvm, uobj, off, flags, why)
                 if isinstance(found, _Found):
                     stop = found

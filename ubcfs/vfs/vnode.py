@@ -123,7 +123,7 @@ class Vnode(GenfsNode):
         self.mtime_ns = mtime_ns
         self.ctime_ns = time.time_ns()
         self.mtime_explicit = False  # set by utimes: re-applied after write-back
-        self.opcount = 0  # reads and writes, for fair scheduling (vnops.CHECKPOINT_EVERY)
+        self.opcount = 0  # reads and writes, for fair scheduling (vnops._fair_checkpoint)
         self.unsynced = False
 
     def touch(self) -> None:

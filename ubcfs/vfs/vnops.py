@@ -39,11 +39,19 @@ MAX_FILE_SIZE = 1 << 62
 FSYNC_PASSES = 16  # rounds of "write what is dirty" before fsync gives up on a busy writer
 
 
-# Reads and writes yield to the scheduler on every CHECKPOINT_EVERY-th call for a vnode
-# (the "fair checkpoint", inline in vop_read/vop_write): a cache hit never sleeps, so a task
-# reading in a loop would otherwise starve every other task; a yield costs a scheduler round
-# (an epoll call), so it is not paid on every FUSE request, each of which is its own task.
 CHECKPOINT_EVERY = 8
+
+
+async def _fair_checkpoint(vp: Vnode) -> None:
+    """Yield to the scheduler on every ``CHECKPOINT_EVERY``-th read or write of ``vp``.
+
+    A cache hit never sleeps, so a task reading in a loop would otherwise starve every other
+    task; a yield costs a scheduler round (an epoll call), so it is not paid on every FUSE
+    request, each of which is its own task anyway.
+    """
+    vp.opcount += 1
+    if vp.opcount % CHECKPOINT_EVERY == 0:
+        await trio.lowlevel.checkpoint()
 
 
 async def vop_read(ubc: Ubc, vp: Vnode, offset: int, length: int) -> tuple[int, bytearray]:
@@ -54,9 +62,7 @@ async def vop_read(ubc: Ubc, vp: Vnode, offset: int, length: int) -> tuple[int, 
     """
     if offset < 0 or length < 0:
         return errno.EINVAL, bytearray()
-    vp.opcount += 1
-    if vp.opcount % CHECKPOINT_EVERY == 0:
-        await trio.lowlevel.checkpoint()  # the fair checkpoint
+    await _fair_checkpoint(vp)
     async with vp.lock.shared:
         size = vp.size
         if offset >= size or length == 0:
@@ -97,9 +103,7 @@ async def vop_write(
         return 0, 0
     uvm = vp.uvm
     ps = uvm.page_size
-    vp.opcount += 1
-    if vp.opcount % CHECKPOINT_EVERY == 0:
-        await trio.lowlevel.checkpoint()  # the fair checkpoint
+    await _fair_checkpoint(vp)
     async with vp.lock.exclusive:
         oldsize = vp.size
         end = offset + n

@@ -34,7 +34,13 @@ import trio
 from cachetools import LRUCache
 
 from ubcfs.vm.diag import panic
-from ubcfs.vm.page import PG_CLEAN, PG_FAKE, PG_RDONLY, page_unbusy_many, pageactivate
+from ubcfs.vm.page import (
+    PG_FAKE,
+    PG_RDONLY,
+    page_unbusy_many,
+    pageactivate,
+    pagemarkdirty,
+)
 from ubcfs.vm.pager import PGO_OVERWRITE, PGO_PASTEOF, PGO_SYNCIO, uvm_wait
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import (
@@ -297,11 +303,9 @@ class Ubc:
             first = win.va + (win.busypages[0].offset - win.offset)
             pmap_kremove(self.pmap, first, len(win.busypages) * ps)
             pmap_update(self.pmap)
-            assert win.uobj is not None
-            dirtyoffs = win.uobj.dirtyoffs
             for pg in win.busypages:
-                pg.flags &= ~(PG_FAKE | PG_CLEAN)  # pagemarkdirty, inline
-                dirtyoffs.add(pg.offset)
+                pg.flags &= ~PG_FAKE
+                pagemarkdirty(pg)
                 pageactivate(uvm, pg)
             page_unbusy_many(uvm, win.busypages)
             win.busypages = []
@@ -397,10 +401,7 @@ class Ubc:
                     _copy(view, pa, buf, u, n, write)
                     uio.done += n
                 return errno.EFAULT
-            if write:
-                view[pa : pa + n] = buf[u : u + n]
-            else:
-                buf[u : u + n] = view[pa : pa + n]
+            _copy(view, pa, buf, u, n, write)
             uio.done = u + n
             done += n
         return 0
