@@ -9,6 +9,7 @@ that fill and clean it are attached by the layer above (genfs, the aobj pager) t
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol
 
 from ubcfs.vm.diag import SimpleLock
@@ -91,29 +92,22 @@ class UvmObject:
         Costs O(min(range pages, resident pages) · log), never O(file size).
         """
         pages = self.pages
-        ps = self.uvm.page_size
-        first = start - start % ps
-        if (end - first) // ps <= len(pages):
-            out = []
-            for off in range(first, end, ps):
-                pg = pages.get(off)
-                if pg is not None and off >= start:
-                    out.append(pg)
-            return out
-        return [pages[off] for off in sorted(o for o in pages if start <= o < end)]
+        return [pages[off] for off in _offsets_in_range(pages, start, end, self.uvm.page_size)]
 
     def dirty_in_range(self, start: int, end: int) -> list[int]:
-        """Offsets of the maybe-dirty pages with start <= offset < end, ascending.
-
-        Costs O(min(range pages, dirty pages) · log), like ``pages_in_range``.
-        """
-        dirty = self.dirtyoffs
-        ps = self.uvm.page_size
-        first = start - start % ps
-        if (end - first) // ps <= len(dirty):
-            lo = first if first == start else first + ps
-            return [off for off in range(lo, end, ps) if off in dirty]
-        return sorted(o for o in dirty if start <= o < end)
+        """Offsets of the maybe-dirty pages with start <= offset < end, ascending; costs
+        like ``pages_in_range``."""
+        return _offsets_in_range(self.dirtyoffs, start, end, self.uvm.page_size)
 
     def __repr__(self) -> str:
         return f"<UvmObject {self.name} npages={len(self.pages)} refs={self.refs}>"
+
+
+def _offsets_in_range(offsets: Collection[int], start: int, end: int, ps: int) -> list[int]:
+    """The page offsets of ``offsets`` with start <= offset < end, ascending: by probing each
+    page of the range or by sorting the collection, whichever is smaller."""
+    first = start - start % ps
+    if (end - first) // ps <= len(offsets):
+        lo = first if first == start else first + ps
+        return [off for off in range(lo, end, ps) if off in offsets]
+    return sorted(o for o in offsets if start <= o < end)
