@@ -389,12 +389,7 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
     if uvm.stale_refs and pa in uvm.stale_refs:
         panic(f"pagefree: {pg!r} still reachable through a stale translation (no pmap_update)")
     exp = uvm.uvmexp
-    if pqflags & PQ_ACTIVE:
-        uvm.active.remove(pg)
-        exp.active -= 1
-    elif pqflags & PQ_INACTIVE:
-        uvm.inactive.remove(pg)
-        exp.inactive -= 1
+    pagedequeue(uvm, pg)
     if pg.wire_count:
         pg.wire_count = 0
         exp.wired -= 1
@@ -437,19 +432,12 @@ def pageactivate(uvm: Uvm, pg: VmPage) -> None:
 
     A wired page stays off the queues.  => page-queue "lock" (atomic section).
     """
-    pqflags = pg.pqflags
-    if pqflags & PQ_FREE:
+    if pg.pqflags & PQ_FREE:
         panic(f"pageactivate: free page {pg!r}")
-    exp = uvm.uvmexp
-    if pqflags & PQ_INACTIVE:
-        uvm.inactive.remove(pg)
-        exp.inactive -= 1
-    elif pqflags & PQ_ACTIVE:
-        uvm.active.remove(pg)
-        exp.active -= 1
+    pagedequeue(uvm, pg)
     if pg.wire_count == 0:
         uvm.active.insert_tail(pg)
-        exp.active += 1
+        uvm.uvmexp.active += 1
 
 
 def pagedeactivate(uvm: Uvm, pg: VmPage) -> None:
