@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.design_contract import DESIGN_COUNTERS, DESIGN_PAGES
 from tests.integration.conftest import (
     CMD_TIMEOUT,
     Mounted,
@@ -39,31 +40,6 @@ from ubcfs.ctl.protocol import socket_path
 from ubcfs.ctl.server import prepare_dir
 
 REPO = Path(__file__).resolve().parents[2]
-
-CONTRACT_PAGES = ["total", "free", "active", "inactive", "wired", "dirty", "file", "anon"]
-CONTRACT_COUNTERS = [
-    "faults",
-    "pageins",
-    "pageouts",
-    "swapins",
-    "swapouts",
-    "pdwoke",
-    "pdscans",
-    "pdreact",
-    "pdfreed",
-    "pdpageouts",
-    "pageout_failed",
-    "zero_fills",
-    "fastpath_skipped_zero",
-    "readahead_pages",
-    "ubc_hits",
-    "ubc_misses",
-    "unwire_skips",
-    "pmap_enter",
-    "pmap_remove",
-    "pmap_update",
-    "canfail_retries",
-]
 
 
 def assert_error(r: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
@@ -356,9 +332,9 @@ def test_mount_fails_with_the_daemons_reason(dirs: tuple[Path, Path], env: dict[
 
 def _check_contract(snap: dict[str, Any]) -> None:
     assert snap["page_size"] == 4096
-    for key in CONTRACT_PAGES:
+    for key in DESIGN_PAGES:
         assert isinstance(snap["pages"][key], int), key
-    for key in CONTRACT_COUNTERS:
+    for key in DESIGN_COUNTERS:
         assert isinstance(snap["counters"][key], int), key
     assert isinstance(snap["swap"]["total"], int)
     assert isinstance(snap["swap"]["used"], int)
@@ -380,7 +356,7 @@ def test_stat_json_contract_and_counters_grow(mounted: Mounted) -> None:
     s2 = mounted.stat()
     for before, after in ((s0, s1), (s1, s2)):
         _check_contract(after)
-        for key in CONTRACT_COUNTERS:
+        for key in DESIGN_COUNTERS:
             assert after["counters"][key] >= before["counters"][key], key
     for key in ("faults", "pageouts", "pdwoke", "pdscans", "pdfreed", "ubc_misses", "pmap_enter"):
         assert s1["counters"][key] > s0["counters"][key], key
@@ -393,7 +369,7 @@ def test_stat_human_report(mounted: Mounted) -> None:
     assert r.returncode == 0, r.stderr
     for text in ("4096 bytes per page", "256 pages managed", "pages free", "pages dirty"):
         assert text in r.stdout
-    for key in CONTRACT_COUNTERS:
+    for key in DESIGN_COUNTERS:
         assert f" {key}\n" in r.stdout + "\n", key
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from tests.design_contract import DESIGN_COUNTERS, DESIGN_PAGES
 from tests.vmtools import alloc_anon, settle
 from ubcfs.vm.page import PG_CLEAN, PGA_ZERO, VmPage, pagedeactivate, pagewire
 from ubcfs.vm.param import Prot
@@ -13,32 +14,6 @@ from ubcfs.vm.stat import Uvmexp, snapshot
 from ubcfs.vm.uvm import Uvm
 
 NewPage = Callable[..., VmPage]
-
-# Written out from design.md section 4, not imported: the test pins the contract.
-DESIGN_PAGES = ["total", "free", "active", "inactive", "wired", "dirty", "file", "anon"]
-DESIGN_COUNTERS = [
-    "faults",
-    "pageins",
-    "pageouts",
-    "swapins",
-    "swapouts",
-    "pdwoke",
-    "pdscans",
-    "pdreact",
-    "pdfreed",
-    "pdpageouts",
-    "pageout_failed",
-    "zero_fills",
-    "fastpath_skipped_zero",
-    "readahead_pages",
-    "ubc_hits",
-    "ubc_misses",
-    "unwire_skips",
-    "pmap_enter",
-    "pmap_remove",
-    "pmap_update",
-    "canfail_retries",
-]
 
 
 def test_snapshot_has_every_key_design_md_names(uvm: Uvm) -> None:
