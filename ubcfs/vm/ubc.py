@@ -411,9 +411,8 @@ class Ubc:
     async def ubc_read(self, uobj: UvmObject, offset: int, uio: Uio) -> int:
         """Copy ``uio.resid`` bytes of ``uobj`` from ``offset`` into ``uio`` (the caller
         clips to EOF).  Returns 0 or an errno."""
-        total = len(uio.buf)
-        while uio.done < total:
-            err, win, va, n = await self.ubc_alloc(uobj, offset, total - uio.done, UBC_READ)
+        while uio.resid:
+            err, win, va, n = await self.ubc_alloc(uobj, offset, uio.resid, UBC_READ)
             if not err:
                 err = await self.uiomove(win, va, n, uio, False)
             self.ubc_release(win, err)
