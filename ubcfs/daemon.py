@@ -44,7 +44,7 @@ from ubcfs.ctl.protocol import ProtocolError, arg_int, arg_str, check_keys, sock
 from ubcfs.ctl.server import CommandError, ControlServer
 from ubcfs.fuse import Operations, fuse_options
 from ubcfs.options import MountOptions, SetupError, UsageError
-from ubcfs.vfs.backing import BackingNamespace
+from ubcfs.vfs.backing import BackingNamespace, raise_nofile_limit
 from ubcfs.vfs.engine import Engine, errname
 from ubcfs.vm.audit import audit
 from ubcfs.vm.stat import snapshot
@@ -126,12 +126,14 @@ class Daemon:
         """Build, mount, serve until unmounted; return the exit status."""
         opts = self.opts
         assert opts.backing is not None
+        raise_nofile_limit()  # before the engine sizes its vnode cache from the limit
         try:
             self.engine = Engine(
                 memory=opts.memory,
                 page_size=opts.page_size,
                 params=GenfsParams(fastpath=opts.extend_fastpath),
                 populate=True,
+                maxvnodes=opts.maxvnodes,
             )
         except (ValueError, MemoryError, OSError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")
@@ -247,6 +249,7 @@ class Daemon:
                 "extend_fastpath": o.extend_fastpath,
                 "allow_other": o.allow_other,
                 "default_store": o.default_store,
+                "maxvnodes": self.engine.vcache.maxvnodes,
             },
             "injected": {
                 kind: {"errno": errname(err), "count": n}
@@ -256,11 +259,14 @@ class Daemon:
 
     async def _ctl_stat(self, args: dict[str, Any]) -> dict[str, Any]:
         check_keys(args, ())
-        return snapshot(self.engine.uvm)
+        snap = snapshot(self.engine.uvm)
+        snap["vnodes"] = self.engine.vcache.statistics()
+        snap["fds"] = self.ops.ns.descriptors()
+        return snap
 
     async def _ctl_check(self, args: dict[str, Any]) -> dict[str, Any]:
         check_keys(args, ())
-        return {"violations": audit(self.engine.uvm)}
+        return {"violations": audit(self.engine.uvm) + self.ops.audit()}
 
     async def _ctl_sync(self, args: dict[str, Any]) -> dict[str, Any]:
         check_keys(args, ())
@@ -372,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as e:
         return ready.fail(str(e), 1)
     _setup_logging(opts.debug)
+    # New files get exactly the mode the caller asked for, less the caller's umask (which
+    # the kernel applies, or ubcfs.vfs.backing does): never the daemon's own umask.
+    os.umask(0)
     try:
         os.chdir("/")  # do not keep the caller's cwd busy
     except OSError as e:

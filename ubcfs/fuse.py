@@ -23,18 +23,19 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 import pyfuse3
 
 from ubcfs.vfs.backing import BackingNamespace, Inode
-from ubcfs.vfs.vnode import Vnode
+from ubcfs.vfs.vcache import VS
 from ubcfs.vm.diag import Panic
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ubcfs.vfs.engine import Engine
+    from ubcfs.vfs.vnode import Vnode
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def _fail(err: int) -> pyfuse3.FUSEError:
 
 
 class Handle:
-    """An open file (kernel: struct file)."""
+    """An open file (kernel: struct file).  With the UBC it holds a use of its vnode, so
+    the vnode cannot be reclaimed while the file is open."""
 
     __slots__ = ("data_fd", "flags", "inode", "vnode")
 
@@ -92,6 +94,18 @@ class Handle:
 
 class Operations(pyfuse3.Operations):
     """ubcfs's FUSE operations over a backing directory.
+
+    Two levels of objects, as in the kernel: the name-level ``Inode`` (the FUSE node the
+    kernel knows, with its lookup count) and the ``Vnode`` (the file's page cache, in the
+    engine's vnode cache, keyed by backing identity).  A FUSE forget drops an inode, never a
+    vnode: the vnode stays cached with its pages, so a file closed and forgotten by the
+    kernel is read again from the UBC.  Open handles hold vnode uses.
+
+    Atomicity: ``forget``, ``release``, ``releasedir`` and every namespace operation run
+    without an ``await``, so the inode table, lookup counts and vnode uses change together.
+    The awaits are in ``open``/``create``/``setattr`` (``vget`` may wait for a reclaim to
+    finish; the inode's ``opens`` or the handle already pins the inode across it) and in
+    the data operations, which hold a vnode use through their handle.
 
     Args:
         engine: the running UBC engine.
@@ -112,23 +126,43 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.dirs: dict[int, tuple[Inode, list[bytes]]] = {}
+        engine.vcache.is_held = namespace.by_key.__contains__
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _vnode(self, inode: Inode, data_fd: int = -1) -> Vnode:
-        """The engine vnode of a regular file, made on first use (from ``data_fd`` when the
-        caller has a read-write descriptor, which the vnode then owns); the inode holds one
-        use until it is forgotten."""
-        vp = inode.vnode
-        if vp is None:
+    async def _vget(self, inode: Inode, data_fd: int = -1) -> Vnode:
+        """The vnode of a regular file with one more use, loaded on first use (from
+        ``data_fd`` when the caller has a read-write descriptor, which the vnode then owns;
+        otherwise this closes it).  => may sleep (a reclaim of the file is waited for)."""
+
+        def load() -> Vnode:
             fd = data_fd if data_fd >= 0 else self.ns.open_data(inode, write=False)
-            vp = self.engine.adopt(fd, inode.proc_path)
-            inode.vnode = vp
-        return cast("Vnode", vp)
+            try:
+                return self.engine.new_vnode(fd, inode.label, os.fstat(fd))
+            except BaseException:
+                if fd != data_fd:
+                    os.close(fd)
+                raise
+
+        try:
+            vp = await self.engine.vget(inode.key, load)
+        except BaseException:
+            if data_fd >= 0:
+                os.close(data_fd)
+            raise
+        if data_fd >= 0 and vp.fd != data_fd:
+            os.close(data_fd)
+        return vp
+
+    def _cached_vnode(self, inode: Inode) -> Vnode | None:
+        """The vnode of ``inode`` if the vnode cache has it (no use taken)."""
+        if not self.ubc or not inode.is_reg():
+            return None
+        return self.engine.vcache.lookup(inode.key)
 
     def _entry(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
-        e.st_ino = inode.ino
+        e.st_ino = self.ns.st_ino(inode, st)
         e.generation = 0
         e.entry_timeout = ENTRY_TIMEOUT
         e.attr_timeout = ATTR_TIMEOUT
@@ -143,17 +177,46 @@ class Operations(pyfuse3.Operations):
         e.st_atime_ns = st.st_atime_ns
         e.st_mtime_ns = st.st_mtime_ns
         e.st_ctime_ns = st.st_ctime_ns
-        vp = inode.vnode
-        if vp is not None and self.ubc:
-            v = cast("Vnode", vp)
-            e.st_size = v.size
-            e.st_mtime_ns = v.mtime_ns
-            e.st_ctime_ns = max(v.ctime_ns, v.mtime_ns)
-            e.st_blocks = max(st.st_blocks, (v.size + 511) // 512)
+        if not self.ubc or not inode.is_reg():
+            return e
+        vp = self.engine.vcache.lookup(inode.key)
+        if vp is None:
+            e.st_ctime_ns = self.engine.vcache.visible_ctime(inode.key, st.st_ctime_ns)
+        else:
+            # The engine's view: dirty data may not be written yet, and write-back changes
+            # the backing file's mtime and ctime, which programs must not see.
+            e.st_size = vp.size
+            e.st_mtime_ns = vp.mtime_ns
+            e.st_ctime_ns = vp.ctime_ns
+            e.st_blocks = max(st.st_blocks, (vp.size + 511) // 512)
         return e
 
     def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
         return self._entry(inode, self.ns.getattr(inode))
+
+    def _changed(self, inode: Inode | None) -> None:
+        """A namespace operation changed ``inode``'s ctime on the backing file: the engine's
+        ctime follows."""
+        if inode is None:
+            return
+        vp = self._cached_vnode(inode)
+        if vp is not None:
+            try:
+                vp.changed(self.ns.getattr(inode).st_ctime_ns)
+            except OSError:
+                vp.changed()
+
+    def _forget(self, inode: Inode, n: int) -> None:
+        """Drop ``n`` lookups; when the inode goes, tell the vnode cache.  => never sleeps."""
+        if self.ns.forget(inode, n):
+            self.engine.vcache.forgotten(inode.key)
+
+    def _drop_if_unused(self, inode: Inode) -> None:
+        """Forget an inode the kernel no longer knows once its last open is closed.
+        => never sleeps."""
+        if inode.opens == 0 and inode.nlookup <= 0 and self.ns.inodes.get(inode.ino) is inode:
+            self.ns.drop(inode)
+            self.engine.vcache.forgotten(inode.key)
 
     # --- lookups and attributes ---------------------------------------------------------
 
@@ -165,36 +228,18 @@ class Operations(pyfuse3.Operations):
         return self._entry(inode, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # No await: the lookup counts and the inode table change in one step, so a lookup
+        # cannot find a half-forgotten inode.  The vnode stays cached.
         for ino, n in inode_list:
             inode = self.ns.inodes.get(ino)
             if inode is None:
                 continue
             try:
-                if inode.ino != 1 and inode.nlookup - n <= 0 and inode.opens == 0:
-                    await self._reclaim(inode)
-                self.ns.forget(inode, n)
+                self._forget(inode, n)
             except Panic:
                 raise
             except Exception:
                 log.exception("forget of inode %d", ino)
-
-    async def _reclaim(self, inode: Inode) -> None:
-        """Give the inode's vnode back to the engine: write back (unless the file is gone)
-        and free its pages."""
-        vp = inode.vnode
-        if vp is None:
-            return
-        v = cast("Vnode", vp)
-        try:
-            gone = os.fstat(v.fd).st_nlink == 0
-        except OSError:
-            gone = False
-        # An unlinked file's data can never be read again: drop it unwritten.
-        err = await self.engine.release(v, discard=gone)
-        if err:
-            log.error("%s: write-back at reclaim failed: errno %d; kept", v.name, err)
-            v.usecount -= 1  # release kept it; the engine still owns the vnode
-        inode.vnode = None
 
     @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -213,32 +258,46 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if not ino.is_reg():
                 raise _fail(errno.EISDIR if ino.is_dir() else errno.EINVAL)
-            if self.ubc:
-                err = await self.engine.truncate(self._vnode(ino), attr.st_size)
-                if err:
-                    raise _fail(err)
-            else:
-                os.truncate(ino.proc_path, attr.st_size)
+            await self._truncate(ino, fh, attr.st_size)
         if fields.update_mode:
             self.ns.chmod(ino, attr.st_mode)
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
             self.ns.chown(ino, uid, gid)
-        vp_changed = ino.vnode
-        if vp_changed is not None and (
-            fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime
-        ):
-            cast("Vnode", vp_changed).changed()
-        if fields.update_atime or fields.update_mtime:
+        times = fields.update_atime or fields.update_mtime
+        if times:
             atime = attr.st_atime_ns if fields.update_atime else None
             mtime = attr.st_mtime_ns if fields.update_mtime else None
             self.ns.set_times(ino, atime, mtime)
-            vp = ino.vnode
+            vp = self._cached_vnode(ino)
             if vp is not None and mtime is not None:
-                cast("Vnode", vp).mtime_ns = mtime
-                cast("Vnode", vp).mtime_explicit = True
+                vp.mtime_ns = mtime
+                vp.times_dirty = True
+        if times or fields.update_mode or fields.update_uid or fields.update_gid:
+            self._changed(ino)
         return self._attr(ino)
+
+    async def _truncate(self, ino: Inode, fh: int | None, size: int) -> None:
+        if not self.ubc:
+            os.truncate(self.ns.proc_path(ino), size)
+            return
+        h = self.handles.get(fh) if fh is not None else None
+        if h is not None and h.vnode is not None:
+            err = await self.engine.truncate(h.vnode, size)
+        else:
+            ino.opens += 1  # keeps the inode across the await, like an open
+            try:
+                vp = await self._vget(ino)
+                try:
+                    err = await self.engine.truncate(vp, size)
+                finally:
+                    self.engine.vrele(vp)
+            finally:
+                ino.opens -= 1
+                self._drop_if_unused(ino)
+        if err:
+            raise _fail(err)
 
     @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -250,14 +309,16 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        inode, st = self.ns.mknod(self.ns.get(parent_inode), name, mode, rdev, ctx.uid, ctx.gid)
+        p = self.ns.get(parent_inode)
+        inode, st = self.ns.mknod(p, name, mode, rdev, ctx.uid, ctx.gid, ctx.umask)
         return self._entry(inode, st)
 
     @handler
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        inode, st = self.ns.mkdir(self.ns.get(parent_inode), name, mode, ctx.uid, ctx.gid)
+        p = self.ns.get(parent_inode)
+        inode, st = self.ns.mkdir(p, name, mode, ctx.uid, ctx.gid, ctx.umask)
         return self._entry(inode, st)
 
     @handler
@@ -272,11 +333,12 @@ class Operations(pyfuse3.Operations):
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         ino, st = self.ns.link(self.ns.get(inode), self.ns.get(new_parent_inode), new_name)
+        self._changed(ino)
         return self._entry(ino, st)
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.ns.unlink(self.ns.get(parent_inode), name)
+        self._changed(self.ns.unlink(self.ns.get(parent_inode), name))
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -292,31 +354,23 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self.ns.rename(
+        moved, other = self.ns.rename(
             self.ns.get(parent_inode_old),
             name_old,
             self.ns.get(parent_inode_new),
             name_new,
             flags,
         )
+        self._changed(moved)
+        self._changed(other)
 
     # --- files --------------------------------------------------------------------------
 
-    def _new_handle(self, inode: Inode, flags: int, data_fd: int = -1) -> pyfuse3.FileInfo:
-        vnode = None
-        if self.ubc:
-            fresh = inode.vnode is None
-            vnode = self._vnode(inode, data_fd)
-            if data_fd >= 0 and not fresh:
-                os.close(data_fd)
-            data_fd = -1
-        if vnode is None and data_fd < 0:
-            data_fd = self.ns.open_data(inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
+    def _add_handle(self, inode: Inode, vnode: Vnode | None, flags: int, data_fd: int) -> int:
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode, vnode, data_fd, flags)
-        inode.opens += 1
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return fh
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -324,35 +378,52 @@ class Operations(pyfuse3.Operations):
             raise _fail(errno.EBADF)
         return h
 
+    async def _new_handle(self, inode: Inode, flags: int, data_fd: int = -1) -> int:
+        """Open ``inode``: a handle with a vnode use (or, with --no-ubc, a data descriptor).
+        => may sleep; ``inode.opens`` counts the open from the start, so a forget arriving
+        meanwhile cannot drop the inode."""
+        inode.opens += 1
+        try:
+            if self.ubc:
+                vp = await self._vget(inode, data_fd)
+                return self._add_handle(inode, vp, flags, -1)
+            if data_fd < 0:
+                data_fd = self.ns.open_data(inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
+            return self._add_handle(inode, None, flags, data_fd)
+        except BaseException:
+            inode.opens -= 1
+            self._drop_if_unused(inode)
+            raise
+
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         ino = self.ns.get(inode)
         if not ino.is_reg():
             raise _fail(errno.EISDIR if ino.is_dir() else errno.EINVAL)
-        fi = self._new_handle(ino, flags)
+        fh = await self._new_handle(ino, flags)
         if flags & os.O_TRUNC:
-            h = self.handles[fi.fh]
+            h = self.handles[fh]
             if h.vnode is not None:
                 err = await self.engine.truncate(h.vnode, 0)
                 if err:
-                    await self._close_handle(fi.fh)
+                    self._close_handle(fh)
                     raise _fail(err)
             else:
                 os.ftruncate(h.data_fd, 0)
-        return fi
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     @handler
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self.ns.get(parent_inode)
-        inode, st, dfd = self.ns.create(parent, name, mode, flags, ctx.uid, ctx.gid)
+        inode, st, dfd = self.ns.create(parent, name, mode, flags, ctx.uid, ctx.gid, ctx.umask)
         try:
-            fi = self._new_handle(inode, flags, dfd)
+            fh = await self._new_handle(inode, flags, dfd)
         except BaseException:
-            self.ns.forget(inode, 1)
+            self._forget(inode, 1)
             raise
-        return fi, self._entry(inode, st)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), self._entry(inode, st)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -406,9 +477,11 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def release(self, fh: int) -> None:
-        await self._close_handle(fh)
+        self._close_handle(fh)
 
-    async def _close_handle(self, fh: int) -> None:
+    def _close_handle(self, fh: int) -> None:
+        """Drop an open file: its vnode use and its inode's open.  => never sleeps: the
+        vnode stays cached (the drain writes it back when it needs the room)."""
         h = self.handles.pop(fh, None)
         if h is None:
             return
@@ -416,14 +489,9 @@ class Operations(pyfuse3.Operations):
             self.engine.io.forget(h.data_fd)
             os.close(h.data_fd)
         h.inode.opens -= 1
-        await self._drop_if_unused(h.inode)
-
-    async def _drop_if_unused(self, inode: Inode) -> None:
-        """Forget an inode the kernel no longer knows once its last open is closed
-        (kernel: vrele -> VOP_INACTIVE/VOP_RECLAIM)."""
-        if inode.opens == 0 and inode.nlookup <= 0 and inode.ino in self.ns.inodes:
-            await self._reclaim(inode)
-            self.ns.drop(inode)
+        self._drop_if_unused(h.inode)
+        if h.vnode is not None:
+            self.engine.vrele(h.vnode)
 
     # --- directories --------------------------------------------------------------------
 
@@ -439,6 +507,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Cookies index the snapshot [".", "..", *names]; the dot entries add no lookup
+        # (the kernel does not link them), every other entry handed out adds one.
         d = self.dirs.get(fh)
         if d is None:
             raise _fail(errno.EBADF)
@@ -446,28 +516,44 @@ class Operations(pyfuse3.Operations):
         if start_id == 0:
             names = self.ns.listdir(dino)  # rewinddir: a fresh snapshot
             self.dirs[fh] = (dino, names)
-        for i in range(start_id, len(names)):
+        for i in range(start_id, len(names) + 2):
+            if i < 2:
+                name = b"." if i == 0 else b".."
+                st = self.ns.getattr(dino) if i == 0 else self.ns.stat_parent(dino)
+                e = self._entry(dino, st) if i == 0 else self._dot_entry(st)
+                if not pyfuse3.readdir_reply(token, name, e, i + 1):
+                    break
+                continue
+            name = names[i - 2]
             try:
-                inode, st = self.ns.lookup(dino, names[i])
+                inode, st = self.ns.lookup(dino, name)
             except OSError:
                 continue  # removed since the snapshot
-            if not pyfuse3.readdir_reply(token, names[i], self._entry(inode, st), i + 1):
-                self.ns.forget(inode, 1)  # not handed out after all
+            if not pyfuse3.readdir_reply(token, name, self._entry(inode, st), i + 1):
+                self._forget(inode, 1)  # not handed out after all
                 break
+
+    def _dot_entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        """The attributes of a ``..`` entry (only its number and type are used)."""
+        e = pyfuse3.EntryAttributes()
+        root = self.ns.root_inode
+        e.st_ino = st.st_ino if (st.st_dev, st.st_ino) == root.key else self.ns.ino_of(st)
+        e.st_mode = st.st_mode
+        return e
 
     @handler
     async def releasedir(self, fh: int) -> None:
         d = self.dirs.pop(fh, None)
         if d is not None:
             d[0].opens -= 1
-            await self._drop_if_unused(d[0])
+            self._drop_if_unused(d[0])
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         d = self.dirs.get(fh)
         if d is None:
             raise _fail(errno.EBADF)
-        dfd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=d[0].fd)
+        dfd = self.ns.open_dir(d[0])
         try:
             err = await self.engine.io.fsync(dfd, datasync)
         finally:
@@ -506,7 +592,9 @@ class Operations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        self.ns.setxattr(self.ns.get(inode), name, value)
+        ino = self.ns.get(inode)
+        self.ns.setxattr(ino, name, value)
+        self._changed(ino)
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -514,8 +602,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        ino = self.ns.get(inode)
         try:
-            self.ns.removexattr(self.ns.get(inode), name)
+            self.ns.removexattr(ino, name)
+            self._changed(ino)
         except OSError as e:
             if e.errno == errno.ENODATA:
                 raise _fail(pyfuse3.ENOATTR) from None
@@ -528,20 +618,64 @@ class Operations(pyfuse3.Operations):
         self.ns.get(inode)
         return True
 
-    # --- unmount ------------------------------------------------------------------------
+    # --- unmount and checks -------------------------------------------------------------
 
     async def final_writeback(self) -> int:
         """After ``pyfuse3.main()`` returned: close what the kernel did not release, write
-        back every dirty page and wait for all I/O.  Returns the first error (0: all data is
-        in the backing directory)."""
+        back every dirty page, wait for all I/O and reclaim every vnode.  Returns the first
+        error (0: all data is in the backing directory)."""
         for fh in list(self.handles):
-            await self._close_handle(fh)
+            self._close_handle(fh)
         err = await self.engine.shutdown()
-        for inode in list(self.ns.inodes.values()):
-            vp = inode.vnode
-            if vp is not None:
-                e2 = await self.engine.release(cast("Vnode", vp))
-                if e2 and not err:
-                    err = e2
-                inode.vnode = None
-        return err
+        e2 = await self.engine.vcache.reclaim_all()
+        return err or e2
+
+    def audit(self) -> list[str]:
+        """Violations of the FUSE layer's rules and the vnode cache's (``ubcfs check``)."""
+        out = self.engine.vcache.audit()
+        ns = self.ns
+        opens: dict[int, int] = {}
+        uses: dict[tuple[int, int], int] = {}
+        for fh, h in self.handles.items():
+            opens[id(h.inode)] = opens.get(id(h.inode), 0) + 1
+            if ns.inodes.get(h.inode.ino) is not h.inode:
+                out.append(f"handle {fh}: its inode {h.inode.label} is not registered")
+            vp = h.vnode
+            if vp is None:
+                continue
+            uses[vp.key] = uses.get(vp.key, 0) + 1
+            if self.engine.vcache.table.get(vp.key) is not vp:
+                out.append(f"handle {fh}: its vnode {vp.name} is not in the vnode cache")
+            if vp.vstate is not VS.LOADED:
+                out.append(f"handle {fh}: its vnode {vp.name} is {vp.vstate.value}")
+            if vp.key != h.inode.key:
+                out.append(f"handle {fh}: vnode {vp.name} is not its inode's file")
+        for d_ino, _ in self.dirs.values():
+            opens[id(d_ino)] = opens.get(id(d_ino), 0) + 1
+        for key, n in uses.items():
+            vp = self.engine.vcache.table.get(key)
+            if vp is not None and vp.usecount < n:
+                out.append(f"vnode {vp.name}: {n} handles but usecount {vp.usecount}")
+        for ino, inode in ns.inodes.items():
+            where = f"inode {inode.label}"
+            if inode.ino != ino:
+                out.append(f"{where}: registered as {ino}")
+            if ns.by_key.get(inode.key) is not inode:
+                out.append(f"{where}: not the inode of its key {inode.key}")
+            if inode.opens != opens.get(id(inode), 0):
+                out.append(f"{where}: opens {inode.opens}, handles {opens.get(id(inode), 0)}")
+            if inode.nlookup <= 0 and inode.opens <= 0:
+                out.append(f"{where}: neither looked up nor open, but registered")
+            fd = inode.pinned if inode.pinned >= 0 else ns.fdcache.get(inode.ino)
+            if fd is None:
+                if inode.handle is None:
+                    out.append(f"{where}: no descriptor and no handle")
+                continue
+            try:
+                st = os.fstat(fd)
+            except OSError as e:
+                out.append(f"{where}: descriptor {fd} is not open: {e.strerror}")
+                continue
+            if (st.st_dev, st.st_ino) != inode.key:
+                out.append(f"{where}: descriptor {fd} is another file {(st.st_dev, st.st_ino)}")
+        return out

@@ -37,6 +37,8 @@ MIN_PAGE_SIZE: Final = 512  # the VM core's limits (ubcfs.vm.param), repeated he
 MAX_PAGE_SIZE: Final = 65536  # the CLI must not import the VM
 MIN_PAGES: Final = 64
 MAX_SIZE: Final = 1 << 60
+MIN_MAXVNODES: Final = 16  # ubcfs.vfs.vcache's floor, repeated (the CLI must not import it)
+MAX_MAXVNODES: Final = 10_000_000
 FUSE_DEVICE: Final = "/dev/fuse"
 
 _SIZE_RE: Final = re.compile(r"([0-9]+)([KMGT]?)", re.IGNORECASE)
@@ -127,6 +129,8 @@ class MountOptions:
         allow_other: let other users in (``-o allow_other``).
         foreground: run the daemon in the foreground.
         debug: verbose logging.
+        maxvnodes: vnode cache size, or None for the default (from memory and the
+            descriptor limit).
     """
 
     mountpoint: str
@@ -142,6 +146,7 @@ class MountOptions:
     allow_other: bool = False
     foreground: bool = False
     debug: bool = False
+    maxvnodes: int | None = None
 
     def daemon_argv(self) -> list[str]:
         """The arguments that make ``python -m ubcfs.daemon`` run exactly these options
@@ -162,6 +167,8 @@ class MountOptions:
         ]
         if self.swap_file is not None:
             argv += ["--swap-file", self.swap_file]
+        if self.maxvnodes is not None:
+            argv += ["--maxvnodes", str(self.maxvnodes)]
         for flag, on in (
             ("--no-ubc", not self.ubc),
             ("--no-extend-fastpath", not self.extend_fastpath),
@@ -211,6 +218,13 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="turn off the extending-write fast path",
     )
+    parser.add_argument(
+        "--maxvnodes",
+        metavar="N",
+        default=None,
+        help=f"files the vnode cache keeps with their pages ({MIN_MAXVNODES} or more; default:"
+        " one per 16K of memory, within the descriptor limit)",
+    )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
         "--foreground", action="store_true", help="run the daemon in the foreground"
@@ -249,6 +263,9 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         if not ns.swap_file:
             raise UsageError("--swap-file must not be empty")
         swap_file = os.path.abspath(ns.swap_file)
+    maxvnodes = None
+    if ns.maxvnodes is not None:
+        maxvnodes = parse_count(ns.maxvnodes, "--maxvnodes", MIN_MAXVNODES, MAX_MAXVNODES)
     backing = None
     if ns.backing is not None:
         if not ns.backing:
@@ -266,7 +283,19 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         allow_other=ns.allow_other,
         foreground=ns.foreground,
         debug=ns.debug,
+        maxvnodes=maxvnodes,
     )
+
+
+def parse_count(text: str, what: str, lo: int, hi: int) -> int:
+    """A whole number from ``lo`` to ``hi``.
+
+    Raises:
+        UsageError: naming ``what`` and the bad text.
+    """
+    if not re.fullmatch(r"[0-9]+", text) or not lo <= int(text) <= hi:
+        raise UsageError(f"{what}: expected a whole number from {lo} to {hi}, got {text!r}")
+    return int(text)
 
 
 def check_memory(memory: int, page_size: int) -> None:

@@ -2,18 +2,20 @@
 (~ uvm_init.c + the vnode cache of vfs_vnode.c).
 
 ``Engine`` builds the machine (``Uvm``), the UBC window pool, the backing I/O edge with its
-fault injector, the pagedaemon and the aiodone daemon, and keeps one ``Vnode`` per backing
-inode.  In-process users (tests, benchmarks, the FUSE layer) do::
+fault injector, the pagedaemon, the aiodone daemon and the vnode cache (``Vcache``, one
+``Vnode`` per backing inode, with its drain task).  In-process users (tests, benchmarks) do::
 
     async with Engine(memory=8 << 20).running() as eng:
         vp = await eng.open("/path/to/file")
         await eng.write(vp, 0, b"hello")
         err, data = await eng.read(vp, 0, 5)
         await eng.fsync(vp)
-        await eng.release(vp)
+        await eng.release(vp)      # the last release reclaims the vnode now
 
-Leaving ``running()`` writes every dirty page back and waits for all I/O; after it the
-backing files hold exactly what was written.
+The FUSE layer instead takes and drops uses with ``vget``/``vrele``: an unreferenced vnode
+stays cached with its pages until the vnode cache needs the room.  Leaving ``running()``
+writes every dirty page back and waits for all I/O; after it the backing files hold exactly
+what was written.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,7 @@ import trio
 from genfs.node import GenfsParams
 from pagers.backing_io import BackingIO, FaultInjector
 from ubcfs.vfs import vnops
+from ubcfs.vfs.vcache import VS, Key, Vcache, default_maxvnodes
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm.pager import Aio
 from ubcfs.vm.pdaemon import ClockPolicy, Pagedaemon
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FD_RESERVE = 96  # descriptors never planned for the caches: sockets, logs, pipes, threads
 SHUTDOWN_AFTER_FAILURE = 30.0  # seconds of write-back attempts after the body failed
 # While an engine runs, a thread that wants the GIL gets it within this many seconds
 # (sys.setswitchinterval; CPython's default is 5 ms).  The backing-I/O threads need it right
@@ -63,6 +68,7 @@ class Engine:
         test_reference: pagedaemon policy switch (see ``ClockPolicy``).
         max_io_threads: cap on concurrent backing-I/O threads.
         populate: back all simulated memory with host memory at start (see ``PhysMem``).
+        maxvnodes: vnode cache size (default: from memory and the descriptor limit).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Engine:
         test_reference: bool = False,
         max_io_threads: int = 8,
         populate: bool = False,
+        maxvnodes: int | None = None,
     ) -> None:
         self.uvm = Uvm(memory, page_size, populate=populate)
         self.params = params if params is not None else GenfsParams()
@@ -91,7 +98,14 @@ class Engine:
         self.io = BackingIO(self.injector, trio.CapacityLimiter(max_io_threads), nowait=nowait)
         self.pdaemon = Pagedaemon(self.uvm, ClockPolicy(test_reference=test_reference))
         self.aio = Aio(self.uvm)
-        self.vnodes: dict[tuple[int, int], Vnode] = {}
+        if maxvnodes is None:
+            maxvnodes = default_maxvnodes(memory, fd_budget())
+        self.vcache = Vcache(self.uvm, self.ubc, self.io, maxvnodes)
+
+    @property
+    def vnodes(self) -> dict[Key, Vnode]:
+        """Every cached vnode, by backing identity."""
+        return self.vcache.table
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -103,6 +117,7 @@ class Engine:
                 await nursery.start(self.aio.run)
                 self.uvm.aio = self.aio
                 await nursery.start(self.pdaemon.run)
+                await nursery.start(self.vcache.run)
                 failed = True
                 try:
                     yield self
@@ -130,12 +145,27 @@ class Engine:
 
     async def sync(self) -> int:
         """fsync every vnode written or resized since its last fsync (kernel: the syncer
-        walking its worklist); return the first error."""
+        walking its worklist); return the first error.
+
+        Each vnode is fsynced under a use, so the drain cannot reclaim it meanwhile; one
+        that a reclaim is writing back already is waited for (a reclaim that fails leaves it
+        LOADED and dirty, and it is then fsynced here, which reports the error).
+        """
         first = 0
-        for vp in list(self.vnodes.values()):
+        for key in list(self.vcache.table):
+            vp = self.vcache.table.get(key)
+            while vp is not None and vp.vstate is not VS.LOADED:
+                await vp.state_changed().wait()
+                vp = self.vcache.table.get(key)
+            if vp is None:
+                continue  # reclaimed meanwhile: everything of it was written
             if not vp.unsynced and not vp.numoutput and not vnops.dirty_pages(vp):
                 continue  # nothing of it is unwritten or unflushed
-            err = await vnops.vop_fsync(vp)
+            self.vcache.vref(vp)
+            try:
+                err = await vnops.vop_fsync(vp)
+            finally:
+                self.vcache.vrele(vp)
             if err and not first:
                 first = err
         return first
@@ -150,45 +180,59 @@ class Engine:
         """
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         fd = await trio.to_thread.run_sync(lambda: os.open(path, flags, 0o644))
-        return self.adopt(fd, os.fsdecode(path))
+        return await self.adopt(fd, os.fsdecode(path))
 
-    def adopt(self, fd: int, name: str) -> Vnode:
-        """Make (or find) the vnode of an open backing fd; the engine owns ``fd`` from now on
-        (it is closed when not needed)."""
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        vp = self.vnodes.get(key)
-        if vp is not None:
+    async def adopt(self, fd: int, name: str) -> Vnode:
+        """The vnode of an open backing fd, with one more use; the engine owns ``fd`` from
+        now on (it is closed when an existing vnode serves).  => may sleep (``vget``)."""
+        try:
+            st = os.fstat(fd)
+            vp = await self.vget((st.st_dev, st.st_ino), lambda: self.new_vnode(fd, name, st))
+        except BaseException:
             os.close(fd)
-        else:
-            vp = Vnode(self.uvm, name, fd, st.st_size, self.io, self.params, key, st.st_mtime_ns)
-            self.vnodes[key] = vp
-        vp.usecount += 1
+            raise
+        if vp.fd != fd:
+            os.close(fd)
         return vp
 
+    def new_vnode(self, fd: int, name: str, st: os.stat_result) -> Vnode:
+        """A vnode for a backing data descriptor (which it owns) and its fstat: the loader
+        that ``vget`` calls."""
+        return Vnode(
+            self.uvm,
+            name,
+            fd,
+            st.st_size,
+            self.io,
+            self.params,
+            (st.st_dev, st.st_ino),
+            st.st_mtime_ns,
+            self.vcache.visible_ctime((st.st_dev, st.st_ino), st.st_ctime_ns),
+        )
+
+    async def vget(self, key: Key, load: Callable[[], Vnode]) -> Vnode:
+        """The vnode of ``key`` with one more use (see ``Vcache.vget``)."""
+        return await self.vcache.vget(key, load)
+
+    def vrele(self, vp: Vnode) -> None:
+        """Drop a use; the vnode stays cached (see ``Vcache.vrele``)."""
+        self.vcache.vrele(vp)
+
     async def release(self, vp: Vnode, discard: bool = False) -> int:
-        """Drop a use of ``vp``; the last one writes its pages back (or, with ``discard``,
-        for a file that no longer exists, throws them away), frees them and closes the
-        backing fd.  Returns a write-back error (the vnode is then kept)."""
+        """Drop a use of ``vp``; the last one reclaims the vnode now: writes its pages back
+        (or, with ``discard``, for a file that no longer exists, throws them away), frees
+        them and closes the backing fd.  Returns a write-back error; the caller then keeps
+        its use (and the vnode its dirty pages) for a later retry."""
         if vp.usecount <= 0:
             raise ValueError(f"release of unused vnode {vp.name}")
-        vp.usecount -= 1
-        if vp.usecount:
+        if vp.usecount > 1:
+            self.vcache.vrele(vp)
             return 0
-        if discard:
-            await vnops.vop_discard(self.ubc, vp)
-            err = 0
-        else:
-            err = await vnops.vop_reclaim(self.ubc, vp)
+        self.vcache.vrele(vp)
+        err = await self.vcache.vrecycle(vp, discard)
         if err:
-            vp.usecount += 1  # keep it (and its dirty pages) for a later retry
-            return err
-        if self.vnodes.get(vp.key) is vp:
-            del self.vnodes[vp.key]
-            self.uvm.objects.discard(vp.uobj)
-            self.io.forget(vp.fd)
-            os.close(vp.fd)
-        return 0
+            self.vcache.vref(vp)
+        return err
 
     # --- data ---------------------------------------------------------------------------
 
@@ -219,6 +263,15 @@ def _prompt_io_threads() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(old)
+
+
+def fd_budget() -> int:
+    """Descriptors the vnode cache may hold: half of what RLIMIT_NOFILE leaves after a
+    reserve (the other half is for O_PATH handles, sockets and worker threads)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(0, soft - FD_RESERVE) // 2
 
 
 def errname(err: int) -> str:

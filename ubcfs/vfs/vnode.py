@@ -2,7 +2,8 @@
 
 A ``Vnode`` is a ``GenfsNode`` (the genfs node must be the first part of a filesystem's
 per-vnode data in NetBSD; here it is the base class) plus what the vfs layer needs: the
-vnode lock, a use count and the modification time the engine reports.
+vnode lock, a use count, its state in the vnode cache (``ubcfs.vfs.vcache``, which owns the
+life cycle) and the times the engine reports.
 
 The vnode lock is a readers-writer lock, as NetBSD's vnode lock is used by ffs_read
 (shared) and ffs_write/truncate/fsync (exclusive).  It serialises the engine's own
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from genfs.node import GenfsNode
+from ubcfs.vfs.vcache import VS
 
 if TYPE_CHECKING:
     from genfs.node import GenfsParams
@@ -95,14 +97,18 @@ class Vnode(GenfsNode):
     Attributes:
         key: the backing file's (st_dev, st_ino): one vnode, one cache, per backing inode.
         lock: the vnode lock.
-        usecount: opens and other users (kernel: v_usecount).
+        usecount: open handles and operations in flight (kernel: v_usecount).
+        vstate: its state in the vnode cache (kernel: v_state); ``state_changed()`` is set
+            at every change.
         mtime_ns, ctime_ns: modification and change times as the engine reports them (the
             backing file's own change with every write-back, which programs must not see:
             tar would think the file changed while it read it).
-        mtime_explicit: ``mtime_ns`` was set by utimes after the last write, so the backing
-            file must get it back after write-back changed it.
+        times_dirty: ``mtime_ns`` differs from the backing file's (written, resized or
+            utimes'd since it was last put back): write-back puts it back.
         unsynced: written or resized since its last successful fsync (kernel: on the
             syncer's worklist); a sync of every vnode skips the others.
+        retry_at, retry_delay: when the drain may try to reclaim it again after a failed
+            write-back, and the current back-off.
     """
 
     def __init__(
@@ -115,22 +121,41 @@ class Vnode(GenfsNode):
         params: GenfsParams,
         key: tuple[int, int],
         mtime_ns: int,
+        ctime_ns: int | None = None,
     ) -> None:
         super().__init__(uvm, name, fd, size, io, params)
         self.key = key
         self.lock = VnodeLock()
         self.usecount = 0
+        self.vstate = VS.LOADING
+        self._state_changed = trio.Event()
         self.mtime_ns = mtime_ns
-        self.ctime_ns = time.time_ns()
-        self.mtime_explicit = False  # set by utimes: re-applied after write-back
+        self.ctime_ns = ctime_ns if ctime_ns is not None else time.time_ns()
+        self.times_dirty = False
         self.opcount = 0  # reads and writes, for fair scheduling (vnops._fair_checkpoint)
         self.unsynced = False
+        self.retry_at = 0.0
+        self.retry_delay = 0.0
+
+    def set_state(self, state: VS) -> None:
+        """Move to ``state`` and wake whoever waits for a change (kernel: vstate_change)."""
+        self.vstate = state
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    def state_changed(self) -> trio.Event:
+        """An event set at the next state change."""
+        return self._state_changed
 
     def touch(self) -> None:
         """Record a modification of the data now (mtime and ctime)."""
         self.mtime_ns = self.ctime_ns = time.time_ns()
-        self.mtime_explicit = False
+        self.times_dirty = True
 
-    def changed(self) -> None:
-        """Record an attribute change now (ctime)."""
-        self.ctime_ns = time.time_ns()
+    def changed(self, ctime_ns: int | None = None) -> None:
+        """Record an attribute change (ctime): now, or the backing file's new ctime after a
+        namespace operation changed it (never backwards)."""
+        self.ctime_ns = max(self.ctime_ns, ctime_ns if ctime_ns is not None else time.time_ns())
+
+    def __repr__(self) -> str:
+        return f"<Vnode {self.name} {self.vstate.value} use={self.usecount} size={self.size}>"

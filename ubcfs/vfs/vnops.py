@@ -219,31 +219,50 @@ async def vop_fsync(vp: Vnode) -> int:
     again.  Returns the first error; the pages it concerns stay dirty for a retry.
     """
     async with vp.lock.exclusive:
-        for _ in range(FSYNC_PASSES):
-            err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
-            if err:
-                return err
-            if not dirty_pages(vp):
-                break
-        else:
-            return errno.EAGAIN
         unsynced, vp.unsynced = vp.unsynced, False
-        err = await _fix_backing_size(vp)
+        err = await _write_back_locked(vp)
         if not err:
-            _restore_mtime(vp)
             err = await vp.io.fsync(vp.fd)
         if err:
             vp.unsynced = unsynced or vp.unsynced
         return err
 
 
+async def vop_clean(vp: Vnode) -> int:
+    """Write every dirty page of ``vp`` back, without flushing the backing file (the first
+    half of a reclaim: kernel: vinvalbuf(V_SAVE)).  Returns the first error."""
+    async with vp.lock.exclusive:
+        return await _write_back_locked(vp)
+
+
+async def _write_back_locked(vp: Vnode) -> int:
+    """Write until nothing is dirty, then make the backing file's size and mtime what the
+    engine reports.  => the vnode lock is held exclusively."""
+    for _ in range(FSYNC_PASSES):
+        err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
+        if err:
+            return err
+        if not dirty_pages(vp):
+            break
+    else:
+        return errno.EAGAIN
+    err = await _fix_backing_size(vp)
+    if not err:
+        _restore_mtime(vp)
+    return err
+
+
 def _restore_mtime(vp: Vnode) -> None:
-    """Give the backing file back an mtime set by utimes that write-back overwrote."""
-    if vp.mtime_explicit:
-        try:
+    """Give the backing file back the mtime programs saw (the engine's), which write-back
+    replaced with the time of the write: a file's mtime must never move by itself, not
+    even when its vnode is reclaimed and loaded again from the backing file."""
+    if not vp.times_dirty:
+        return  # the engine never changed it: the backing file's own is the right one
+    try:
+        if os.fstat(vp.fd).st_mtime_ns != vp.mtime_ns:
             futimens_empty(vp.fd, None, vp.mtime_ns)
-        except OSError as e:
-            log.warning("%s: restoring mtime failed: %s", vp.name, e)
+    except OSError as e:
+        log.warning("%s: restoring mtime failed: %s", vp.name, e)
 
 
 async def _fix_backing_size(vp: Vnode) -> int:
@@ -285,6 +304,7 @@ async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
                 return err
         else:
             return errno.EAGAIN
+        await vp.wait_output()
         ubc.purge(vp.uobj)
         vp.uvm.pages_freed()
         _restore_mtime(vp)

@@ -128,6 +128,7 @@ def _check_queue(uvm: Uvm, q: PageQueue, out: list[str]) -> None:
 def _check_pages(uvm: Uvm, out: list[str]) -> None:
     exp = uvm.uvmexp
     wired = paging = filepages = anonpages = kernelpages = 0
+    objects = set(uvm.objects)
     for pg in uvm.pages:
         f, q = pg.flags, pg.pqflags
         if q & PQ_FREE:
@@ -140,6 +141,8 @@ def _check_pages(uvm: Uvm, out: list[str]) -> None:
             if pg.pvlist:
                 out.append(f"[7] free {pg!r} is still mapped")
             continue
+        if pg.uobject is not None and pg.uobject not in objects:
+            out.append(f"[5] {pg!r} belongs to an object no longer registered (reclaimed)")
         if (q & PQ_QUEUES) == PQ_QUEUES:
             out.append(f"[4] {pg!r} on both paging queues")
         if pg.wire_count < 0 or pg.loan_count < 0:
