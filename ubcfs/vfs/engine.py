@@ -100,7 +100,7 @@ class Engine:
         self.aio = Aio(self.uvm)
         if maxvnodes is None:
             maxvnodes = default_maxvnodes(memory, fd_budget())
-        self.vcache = Vcache(self.uvm, self.ubc, self.io, maxvnodes)
+        self.vcache = Vcache(self.uvm, self.ubc, maxvnodes)
 
     @property
     def vnodes(self) -> dict[Key, Vnode]:

@@ -54,7 +54,6 @@ from cachetools import LRUCache
 from ubcfs.vfs import vnops
 
 if TYPE_CHECKING:
-    from pagers.backing_io import BackingIO
     from ubcfs.vfs.vnode import Vnode
     from ubcfs.vm.ubc import Ubc
     from ubcfs.vm.uvm import Uvm
@@ -93,7 +92,6 @@ class Vcache:
     Args:
         uvm: the machine.
         ubc: the window pool (reclaim purges a vnode's windows).
-        io: the backing I/O edge (reclaim forgets the descriptor there).
         maxvnodes: the cache size the drain keeps to (kernel: desiredvnodes).
 
     Attributes:
@@ -103,10 +101,9 @@ class Vcache:
         is_held: ``is_held(key)`` -- does the layer above still know the file?
     """
 
-    def __init__(self, uvm: Uvm, ubc: Ubc, io: BackingIO, maxvnodes: int) -> None:
+    def __init__(self, uvm: Uvm, ubc: Ubc, maxvnodes: int) -> None:
         self.uvm = uvm
         self.ubc = ubc
-        self.io = io
         self.maxvnodes = max(MIN_MAXVNODES, maxvnodes)
         self.table: dict[Key, Vnode] = {}
         self.free: OrderedDict[Key, Vnode] = OrderedDict()
@@ -239,7 +236,7 @@ class Vcache:
             except OSError:
                 self.ctimes.pop(vp.key, None)
         self.uvm.objects.discard(vp.uobj)
-        self.io.forget(vp.fd)
+        vp.io.forget(vp.fd)
         try:
             os.close(vp.fd)
         except OSError as e:
@@ -312,6 +309,9 @@ class Vcache:
             vp, discard = got
             err = await self.vrecycle(vp, discard)
             if err:
+                # Nobody saw this error: keep it for the next fsync or close of the file
+                # (as Linux reports a write-back error no one has seen to later opens).
+                vp.write_error = vp.write_error or err
                 vp.retry_delay = min(RETRY_MAX, max(RETRY_MIN, 2 * vp.retry_delay))
                 vp.retry_at = trio.current_time() + vp.retry_delay
                 log.warning(
