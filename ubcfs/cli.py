@@ -485,6 +485,14 @@ def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
     swap = _section(snap, "swap")
     lines.append(f"{swap.get('used', 0):>12} swap slots used")
     lines.append(f"{swap.get('total', 0):>12} swap slots total")
+    for key, n in _section(snap, "vnodes").items():
+        lines.append(f"{n:>12} vnodes {key}")
+    fds = _section(snap, "fds")
+    for key, n in fds.items():
+        lines.append(f"{n:>12} descriptors {key}")
+    lookups = fds.get("hits", 0) + fds.get("misses", 0)
+    if lookups:
+        lines.append(f"{100 * fds.get('hits', 0) / lookups:>11.1f}% descriptor cache hit rate")
     return "\n".join(lines)
 
 

@@ -361,6 +361,14 @@ def test_stat_json_contract_and_counters_grow(mounted: Mounted) -> None:
     for key in ("faults", "pageouts", "pdwoke", "pdscans", "pdfreed", "ubc_misses", "pmap_enter"):
         assert s1["counters"][key] > s0["counters"][key], key
     assert s2["counters"]["pageins"] > s1["counters"]["pageins"]
+    # The vnode cache and the descriptors (issue 8): "big" is cached after its close.
+    for key in ("total", "active", "inactive", "max", "loads", "reclaims", "discards"):
+        assert isinstance(s2["vnodes"][key], int), key
+    assert s2["vnodes"]["total"] >= 1
+    assert s2["vnodes"]["max"] == 64  # one per 16 KiB of the 1M of memory
+    for key in ("limit", "open", "cached", "pinned", "hits", "misses"):
+        assert isinstance(s2["fds"][key], int), key
+    assert 0 < s2["fds"]["open"] < s2["fds"]["limit"]
 
 
 @pytest.mark.fuse
