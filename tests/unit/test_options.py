@@ -65,6 +65,7 @@ def test_defaults() -> None:
         False,
     )
     assert o.backing is None
+    assert o.maxvnodes is None  # the engine's default
     assert o.mountpoint == "/x"
 
 
@@ -86,6 +87,11 @@ def test_swap_defaults_to_twice_memory() -> None:
         (["--swap", "1000"], "multiple of the page size"),
         (["--backing", ""], "empty"),
         (["--swap-file", ""], "empty"),
+        (["--maxvnodes", "15"], "whole number from 16"),
+        (["--maxvnodes", "many"], "whole number"),
+        (["--maxvnodes", "-1"], "whole number"),
+        (["--maxvnodes", "1e3"], "whole number"),
+        (["--maxvnodes", "99999999999"], "whole number"),
     ],
 )
 def test_bad_options(argv: list[str], why: str) -> None:
@@ -97,8 +103,9 @@ def test_daemon_argv_round_trip(tmp_path: Path) -> None:
     o = parse(
         str(tmp_path / "mnt"), "--backing", str(tmp_path), "--memory", "2M", "--swap", "8M",
         "--swap-file", "swap", "--page-size", "8K", "--no-ubc", "--no-extend-fastpath",
-        "--allow-other", "--debug",
+        "--allow-other", "--debug", "--maxvnodes", "100",
     )  # fmt: skip
+    assert o.maxvnodes == 100
     assert parse(*o.daemon_argv()) == o
 
 
