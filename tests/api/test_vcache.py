@@ -215,6 +215,23 @@ async def test_unlink_during_reclaim(tmp_path: Path) -> None:
         assert ops.audit() == []
 
 
+async def test_unlinked_file_the_kernel_knows_keeps_its_unwritten_data(tmp_path: Path) -> None:
+    """Unlinked and closed, but still known (a cwd, an fd reopened by /proc): the vnode
+    must not be discarded, or the dirty data a later open reads would be gone."""
+    async with mounted_ops(tmp_path) as ops:
+        fi, e = await ops.create(ROOT_INO, b"f", 0o644, os.O_RDWR, CTX)
+        assert await ops.write(fi.fh, 0, DATA) == len(DATA)
+        await ops.unlink(ROOT_INO, b"f", CTX)
+        await ops.release(fi.fh)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ops.engine.vcache.discards == 0
+        fi = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+        assert bytes(await ops.read(fi.fh, 0, 1 << 20)) == DATA
+        await ops.release(fi.fh)
+        await ops.forget([(e.st_ino, 1)])
+        await eventually(lambda: ops.engine.vcache.discards == 1, "discarded once forgotten")
+
+
 async def test_rename_during_reclaim(tmp_path: Path) -> None:
     async with mounted_ops(tmp_path) as ops:
         ino = await make_file(ops, b"f")
