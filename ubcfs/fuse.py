@@ -22,6 +22,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -81,15 +82,22 @@ def _fail(err: int) -> pyfuse3.FUSEError:
 
 class Handle:
     """An open file (kernel: struct file).  With the UBC it holds a use of its vnode, so
-    the vnode cannot be reclaimed while the file is open."""
+    the vnode cannot be reclaimed while the file is open.
 
-    __slots__ = ("data_fd", "flags", "inode", "vnode")
+    ``kill_priv``: writes through it clear setuid/setgid (the opener was not root, so it
+    lacks CAP_FSETID; FUSE's WRITE carries no caller, so the open's is used).
+    """
 
-    def __init__(self, inode: Inode, vnode: Vnode | None, data_fd: int, flags: int) -> None:
+    __slots__ = ("data_fd", "flags", "inode", "kill_priv", "vnode")
+
+    def __init__(
+        self, inode: Inode, vnode: Vnode | None, data_fd: int, flags: int, kill_priv: bool
+    ) -> None:
         self.inode = inode
         self.vnode = vnode
         self.data_fd = data_fd  # --no-ubc only: the fd the data goes through
         self.flags = flags
+        self.kill_priv = kill_priv
 
 
 class Operations(pyfuse3.Operations):
@@ -161,6 +169,7 @@ class Operations(pyfuse3.Operations):
         return self.engine.vcache.lookup(inode.key)
 
     def _entry(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        inode.mode = st.st_mode  # the permission bits may have changed (the type cannot)
         e = pyfuse3.EntryAttributes()
         e.st_ino = self.ns.st_ino(inode, st)
         e.generation = 0
@@ -366,10 +375,12 @@ class Operations(pyfuse3.Operations):
 
     # --- files --------------------------------------------------------------------------
 
-    def _add_handle(self, inode: Inode, vnode: Vnode | None, flags: int, data_fd: int) -> int:
+    def _add_handle(
+        self, inode: Inode, vnode: Vnode | None, flags: int, data_fd: int, uid: int
+    ) -> int:
         fh = self.next_fh
         self.next_fh += 1
-        self.handles[fh] = Handle(inode, vnode, data_fd, flags)
+        self.handles[fh] = Handle(inode, vnode, data_fd, flags, kill_priv=uid != 0)
         return fh
 
     def _handle(self, fh: int) -> Handle:
@@ -378,7 +389,9 @@ class Operations(pyfuse3.Operations):
             raise _fail(errno.EBADF)
         return h
 
-    async def _new_handle(self, inode: Inode, flags: int, data_fd: int = -1) -> int:
+    async def _new_handle(
+        self, inode: Inode, flags: int, ctx: pyfuse3.RequestContext, data_fd: int = -1
+    ) -> int:
         """Open ``inode``: a handle with a vnode use (or, with --no-ubc, a data descriptor).
         => may sleep; ``inode.opens`` counts the open from the start, so a forget arriving
         meanwhile cannot drop the inode."""
@@ -386,10 +399,10 @@ class Operations(pyfuse3.Operations):
         try:
             if self.ubc:
                 vp = await self._vget(inode, data_fd)
-                return self._add_handle(inode, vp, flags, -1)
+                return self._add_handle(inode, vp, flags, -1, ctx.uid)
             if data_fd < 0:
                 data_fd = self.ns.open_data(inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
-            return self._add_handle(inode, None, flags, data_fd)
+            return self._add_handle(inode, None, flags, data_fd, ctx.uid)
         except BaseException:
             inode.opens -= 1
             self._drop_if_unused(inode)
@@ -400,7 +413,7 @@ class Operations(pyfuse3.Operations):
         ino = self.ns.get(inode)
         if not ino.is_reg():
             raise _fail(errno.EISDIR if ino.is_dir() else errno.EINVAL)
-        fh = await self._new_handle(ino, flags)
+        fh = await self._new_handle(ino, flags, ctx)
         if flags & os.O_TRUNC:
             h = self.handles[fh]
             if h.vnode is not None:
@@ -419,7 +432,7 @@ class Operations(pyfuse3.Operations):
         parent = self.ns.get(parent_inode)
         inode, st, dfd = self.ns.create(parent, name, mode, flags, ctx.uid, ctx.gid, ctx.umask)
         try:
-            fh = await self._new_handle(inode, flags, dfd)
+            fh = await self._new_handle(inode, flags, ctx, dfd)
         except BaseException:
             self._forget(inode, 1)
             raise
@@ -443,6 +456,8 @@ class Operations(pyfuse3.Operations):
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
+        if h.kill_priv and h.inode.mode & (stat.S_ISUID | stat.S_ISGID):
+            self._kill_priv(h.inode)
         if h.flags & os.O_APPEND:
             off = h.vnode.size if h.vnode is not None else os.fstat(h.data_fd).st_size
         if h.vnode is not None:
@@ -454,6 +469,16 @@ class Operations(pyfuse3.Operations):
         if err:
             raise _fail(err)
         return n
+
+    def _kill_priv(self, inode: Inode) -> None:
+        """A write without CAP_FSETID clears setuid, and setgid where group execution is
+        allowed (as the kernel's file_remove_privs does for local file systems)."""
+        mode = stat.S_IMODE(self.ns.getattr(inode).st_mode)
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            self.ns.chmod(inode, mode & ~kill)
+            self._changed(inode)
+        inode.mode = stat.S_IFMT(inode.mode) | (mode & ~kill)
 
     @handler
     async def flush(self, fh: int) -> None:

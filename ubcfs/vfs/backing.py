@@ -206,7 +206,7 @@ class Inode:
     Attributes:
         ino: the FUSE node id, which is also the st_ino programs see (see the module doc).
         key: (st_dev, st_ino) of the backing inode.
-        mode: file type and permission bits at lookup (the type never changes).
+        mode: file type and permission bits as last reported (the type never changes).
         name: the name it was last looked up by (for messages).
         handle: the backing file handle, or None when ``pinned`` must be used.
         mount_id: the backing mount the handle belongs to.
