@@ -76,6 +76,18 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
     return wrapper
 
 
+def _in_group(opener: tuple[int, int, int], gid: int) -> bool:
+    """Is ``gid`` the opener's group or one of its supplementary groups (read now from
+    /proc; a process that is gone counts with its primary group only)?"""
+    _, egid, pid = opener
+    if gid == egid:
+        return True
+    try:
+        return gid in pyfuse3.get_sup_groups(pid)
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 def _fail(err: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(err)
 
@@ -84,20 +96,30 @@ class Handle:
     """An open file (kernel: struct file).  With the UBC it holds a use of its vnode, so
     the vnode cannot be reclaimed while the file is open.
 
-    ``kill_priv``: writes through it clear setuid/setgid (the opener was not root, so it
-    lacks CAP_FSETID; FUSE's WRITE carries no caller, so the open's is used).
+    ``opener``: (uid, gid, pid) of the process that opened it.  FUSE's WRITE carries no
+    caller, so the clearing of setuid/setgid on a write is decided with the opener's.
     """
 
-    __slots__ = ("data_fd", "flags", "inode", "kill_priv", "vnode")
+    __slots__ = ("data_fd", "flags", "inode", "opener", "vnode")
 
     def __init__(
-        self, inode: Inode, vnode: Vnode | None, data_fd: int, flags: int, kill_priv: bool
+        self,
+        inode: Inode,
+        vnode: Vnode | None,
+        data_fd: int,
+        flags: int,
+        opener: tuple[int, int, int],
     ) -> None:
         self.inode = inode
         self.vnode = vnode
         self.data_fd = data_fd  # --no-ubc only: the fd the data goes through
         self.flags = flags
-        self.kill_priv = kill_priv
+        self.opener = opener
+
+    @property
+    def kill_priv(self) -> bool:
+        """Writes clear setuid/setgid: the opener was not root (no CAP_FSETID)."""
+        return self.opener[0] != 0
 
 
 class Operations(pyfuse3.Operations):
@@ -376,11 +398,16 @@ class Operations(pyfuse3.Operations):
     # --- files --------------------------------------------------------------------------
 
     def _add_handle(
-        self, inode: Inode, vnode: Vnode | None, flags: int, data_fd: int, uid: int
+        self,
+        inode: Inode,
+        vnode: Vnode | None,
+        flags: int,
+        data_fd: int,
+        ctx: pyfuse3.RequestContext,
     ) -> int:
         fh = self.next_fh
         self.next_fh += 1
-        self.handles[fh] = Handle(inode, vnode, data_fd, flags, kill_priv=uid != 0)
+        self.handles[fh] = Handle(inode, vnode, data_fd, flags, (ctx.uid, ctx.gid, ctx.pid))
         return fh
 
     def _handle(self, fh: int) -> Handle:
@@ -399,10 +426,10 @@ class Operations(pyfuse3.Operations):
         try:
             if self.ubc:
                 vp = await self._vget(inode, data_fd)
-                return self._add_handle(inode, vp, flags, -1, ctx.uid)
+                return self._add_handle(inode, vp, flags, -1, ctx)
             if data_fd < 0:
                 data_fd = self.ns.open_data(inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
-            return self._add_handle(inode, None, flags, data_fd, ctx.uid)
+            return self._add_handle(inode, None, flags, data_fd, ctx)
         except BaseException:
             inode.opens -= 1
             self._drop_if_unused(inode)
@@ -457,7 +484,7 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
         if h.kill_priv and h.inode.mode & (stat.S_ISUID | stat.S_ISGID):
-            self._kill_priv(h.inode)
+            self._kill_priv(h)
         if h.flags & os.O_APPEND:
             off = h.vnode.size if h.vnode is not None else os.fstat(h.data_fd).st_size
         if h.vnode is not None:
@@ -470,15 +497,20 @@ class Operations(pyfuse3.Operations):
             raise _fail(err)
         return n
 
-    def _kill_priv(self, inode: Inode) -> None:
+    def _kill_priv(self, h: Handle) -> None:
         """A write without CAP_FSETID clears setuid, and setgid where group execution is
-        allowed (as the kernel's file_remove_privs does for local file systems)."""
-        mode = stat.S_IMODE(self.ns.getattr(inode).st_mode)
-        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        allowed or the writer is not in the file's group (the kernel's
+        setattr_should_drop_suidgid)."""
+        inode = h.inode
+        st = self.ns.getattr(inode)
+        mode = stat.S_IMODE(st.st_mode)
+        kill = stat.S_ISUID
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(h.opener, st.st_gid)):
+            kill |= stat.S_ISGID
         if mode & kill:
             self.ns.chmod(inode, mode & ~kill)
             self._changed(inode)
-        inode.mode = stat.S_IFMT(inode.mode) | (mode & ~kill)
+        inode.mode = stat.S_IFMT(st.st_mode) | (mode & ~kill)
 
     @handler
     async def flush(self, fh: int) -> None:
