@@ -7,9 +7,23 @@ Rules:
   bug: it is logged with its traceback and answered with EIO, because pyfuse3 ends the whole
   mount on anything but ``FUSEError`` -- except ``Panic``, which is let through on purpose:
   a panicked VM must stop (the daemon then unmounts).
-* Every open is ``direct_io``: the UBC, not the Linux page cache, is the cache.  The price
-  (fuse-notes §2.3): shared writable ``mmap`` of a file on the mount fails with ENODEV,
+* By default every open is ``direct_io``: the UBC, not the Linux page cache, is the cache.
+  The price (fuse-notes §2.3): shared ``mmap`` of a file on the mount fails with ENODEV,
   and each ``read()`` reaches the daemon; ``MAP_PRIVATE`` mappings and ``execve`` work.
+* With ``--kernel-cache`` opens are neither ``direct_io`` nor ``keep_cache``: the kernel's
+  page cache sits in front of the UBC, so shared mappings work.  The UBC then sees the
+  kernel's misses (read-ahead sized reads, possibly past EOF: a read returns exactly
+  ``size`` bytes unless it reaches EOF, a write takes all of ``buf``), every write (write-
+  through: there is no writeback cache) and the write-back of dirty shared mappings.
+  Coherence needs no ``invalidate_inode``: every change of file data or size reaches the
+  daemon as a request from this kernel, which has already applied it to its own cache
+  (write-through writes, the truncate of SETATTR and of an O_TRUNC open), and the UBC
+  never changes data by itself (page-in reads what page-out wrote).  ``keep_cache=False``
+  also drops the kernel's pages at every open, and libfuse's AUTO_INVAL_DATA drops them
+  whenever a refreshed mtime or size differs.  XXX issue 8: the day something below this
+  module changes file data on its own (stores of simulated processes through the UBC),
+  it must have the kernel drop its pages with ``pyfuse3.invalidate_inode`` -- from a
+  thread of its own, never inline in a handler (fuse-notes §5.5).
 * Sizes and mtimes that programs see are the engine's: a file with dirty pages not yet
   written shows its new size.
 * ``open`` receives O_TRUNC (ATOMIC_O_TRUNC) and truncates itself.  ``flush`` and ``fsync``
@@ -98,17 +112,27 @@ class Operations(pyfuse3.Operations):
         namespace: the backing directory's inode table.
         ubc: False for ``--no-ubc``: data goes straight to the backing files (the baseline
             benchmarks compare against); everything else is the same.
+        kernel_cache: True for ``--kernel-cache``: opens without ``direct_io``, the
+            kernel's page cache in front (module docstring).
     """
 
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, engine: Engine, namespace: BackingNamespace, *, ubc: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        namespace: BackingNamespace,
+        *,
+        ubc: bool = True,
+        kernel_cache: bool = False,
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.ns = namespace
         self.ubc = ubc
+        self.kernel_cache = kernel_cache
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.dirs: dict[int, tuple[Inode, list[bytes]]] = {}
@@ -316,7 +340,7 @@ class Operations(pyfuse3.Operations):
         self.next_fh += 1
         self.handles[fh] = Handle(inode, vnode, data_fd, flags)
         inode.opens += 1
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return pyfuse3.FileInfo(fh=fh, direct_io=not self.kernel_cache, keep_cache=False)
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -372,7 +396,10 @@ class Operations(pyfuse3.Operations):
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
-        if h.flags & os.O_APPEND:
+        # With the kernel cache, the kernel has put the bytes at ``off`` in its own cache
+        # already (an O_APPEND write at its i_size), and the write-back of a shared mapping
+        # may come through an O_APPEND descriptor: ``off`` is the truth.
+        if h.flags & os.O_APPEND and not self.kernel_cache:
             off = h.vnode.size if h.vnode is not None else os.fstat(h.data_fd).st_size
         if h.vnode is not None:
             err, n = await self.engine.write(h.vnode, off, buf)
