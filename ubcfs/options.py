@@ -124,6 +124,9 @@ class MountOptions:
         page_size: bytes per page.
         ubc: False for ``--no-ubc`` (data bypasses the UBC).
         extend_fastpath: False for ``--no-extend-fastpath``.
+        kernel_cache: True for ``--kernel-cache``: files are opened without FUSE
+            ``direct_io``, so shared ``mmap`` works and the kernel's page cache sits in
+            front of the UBC (see ``ubcfs.fuse``).
         allow_other: let other users in (``-o allow_other``).
         foreground: run the daemon in the foreground.
         debug: verbose logging.
@@ -139,6 +142,7 @@ class MountOptions:
     page_size: int = DEFAULT_PAGE_SIZE
     ubc: bool = True
     extend_fastpath: bool = True
+    kernel_cache: bool = False
     allow_other: bool = False
     foreground: bool = False
     debug: bool = False
@@ -165,6 +169,7 @@ class MountOptions:
         for flag, on in (
             ("--no-ubc", not self.ubc),
             ("--no-extend-fastpath", not self.extend_fastpath),
+            ("--kernel-cache", self.kernel_cache),
             ("--allow-other", self.allow_other),
             ("--foreground", self.foreground),
             ("--debug", self.debug),
@@ -210,6 +215,12 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-extend-fastpath",
         action="store_true",
         help="turn off the extending-write fast path",
+    )
+    parser.add_argument(
+        "--kernel-cache",
+        action="store_true",
+        help="open files without direct_io: shared mmap works, and the kernel's page cache"
+        " sits in front of the UBC (which then sees only the kernel's misses and writes)",
     )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
@@ -263,6 +274,7 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         page_size=page_size,
         ubc=not ns.no_ubc,
         extend_fastpath=not ns.no_extend_fastpath,
+        kernel_cache=ns.kernel_cache,
         allow_other=ns.allow_other,
         foreground=ns.foreground,
         debug=ns.debug,
