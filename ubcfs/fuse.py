@@ -20,10 +20,15 @@ Rules:
   (write-through writes, the truncate of SETATTR and of an O_TRUNC open), and the UBC
   never changes data by itself (page-in reads what page-out wrote).  ``keep_cache=False``
   also drops the kernel's pages at every open, and libfuse's AUTO_INVAL_DATA drops them
-  whenever a refreshed mtime or size differs.  XXX issue 8: the day something below this
-  module changes file data on its own (stores of simulated processes through the UBC),
-  it must have the kernel drop its pages with ``pyfuse3.invalidate_inode`` -- from a
-  thread of its own, never inline in a handler (fuse-notes §5.5).
+  whenever a refreshed mtime or size differs (so a truncate that fails after the engine
+  applied the new size is caught up with at the next refresh; measured: at once).  The
+  attribute and entry timeouts stay at 1 s: no size changes without the kernel making it,
+  so its cached size cannot go stale, while with AUTO_INVAL_DATA an expired timeout costs a
+  GETATTR before each read that the kernel would otherwise serve from its cache.
+  XXX issue 8: the day something below this module changes file data on its own (stores
+  of simulated processes through the UBC), it must have the kernel drop its pages with
+  ``pyfuse3.invalidate_inode`` -- from a thread of its own, never inline in a handler
+  (fuse-notes §5.5).
 * Sizes and mtimes that programs see are the engine's: a file with dirty pages not yet
   written shows its new size.
 * ``open`` receives O_TRUNC (ATOMIC_O_TRUNC) and truncates itself.  ``flush`` and ``fsync``
