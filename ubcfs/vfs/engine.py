@@ -161,7 +161,17 @@ class Engine:
         if vp is not None:
             os.close(fd)
         else:
-            vp = Vnode(self.uvm, name, fd, st.st_size, self.io, self.params, key, st.st_mtime_ns)
+            vp = Vnode(
+                self.uvm,
+                name,
+                fd,
+                st.st_size,
+                self.io,
+                self.params,
+                key,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            )
             self.vnodes[key] = vp
         vp.usecount += 1
         return vp

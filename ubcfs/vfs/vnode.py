@@ -115,13 +115,14 @@ class Vnode(GenfsNode):
         params: GenfsParams,
         key: tuple[int, int],
         mtime_ns: int,
+        ctime_ns: int,
     ) -> None:
         super().__init__(uvm, name, fd, size, io, params)
         self.key = key
         self.lock = VnodeLock()
         self.usecount = 0
         self.mtime_ns = mtime_ns
-        self.ctime_ns = time.time_ns()
+        self.ctime_ns = ctime_ns  # the backing file's: making a vnode changes nothing
         self.mtime_explicit = False  # set by utimes: re-applied after write-back
         self.opcount = 0  # reads and writes, for fair scheduling (vnops._fair_checkpoint)
         self.unsynced = False
