@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import random
 import sqlite3
+import subprocess
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -248,6 +249,37 @@ def test_reads_served_by_the_kernel_cache_skip_the_ubc(mounter: Mounter) -> None
             assert grown == 0, f"{grown} UBC lookups for reads the kernel cache holds"
         else:
             assert grown >= 5, f"direct_io: each read must reach the UBC ({grown} lookups)"
+
+
+def test_tar_of_files_not_opened_before(mounter: Mounter, tmp_path: Path) -> None:
+    """tar fails ("file changed as we read it") when a file's ctime moves while it reads
+    it.  With the kernel cache, each read makes the kernel fetch the attributes again (for
+    atime), so the ctime reported once the file is open must be the one reported before."""
+    m = mounter("kc", "--kernel-cache")
+    tree = m.backing / "tree"  # made behind the mount: no vnode yet
+    tree.mkdir()
+    for i in range(20):
+        (tree / f"f{i:02d}").write_bytes(random.Random(i).randbytes(5000 + i))
+    path = m.mnt / "tree" / "f00"
+    before = os.stat(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert len(os.read(fd, 1 << 20)) == 5000
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+    r = subprocess.run(
+        ["tar", "-C", str(m.mnt), "-cf", str(tmp_path / "tree.tar"), "tree"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    listed = subprocess.run(
+        ["tar", "-tf", str(tmp_path / "tree.tar")], capture_output=True, text=True, check=True
+    )
+    assert len(listed.stdout.split()) == 21
 
 
 # --- (b) SQLite in WAL mode ---------------------------------------------------------------
