@@ -4,7 +4,7 @@
 
     ubcfs mount MOUNTPOINT [--backing DIR | --tmpfs] [--memory SIZE] [--swap SIZE]
                 [--swap-file PATH] [--page-size SIZE] [--no-ubc] [--no-extend-fastpath]
-                [--allow-other] [--foreground] [--debug]
+                [--kernel-cache] [--allow-other] [--foreground] [--debug]
     ubcfs umount MOUNTPOINT
     ubcfs sync MOUNTPOINT
     ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]

@@ -149,7 +149,7 @@ class Daemon:
             namespace.close()
             return self.ready.fail(f"cannot create the control socket: {_os_text(e)}")
         self._register_commands()
-        self.ops = Operations(self.engine, namespace, ubc=opts.ubc)
+        self.ops = Operations(self.engine, namespace, ubc=opts.ubc, kernel_cache=opts.kernel_cache)
         self._catch_early_signals()
         try:
             reason = _mount(self.ops, opts.mountpoint, fuse_options(opts.backing, opts.allow_other))
@@ -247,6 +247,7 @@ class Daemon:
                 "swap_file": o.swap_file,
                 "ubc": o.ubc,
                 "extend_fastpath": o.extend_fastpath,
+                "kernel_cache": o.kernel_cache,
                 "allow_other": o.allow_other,
                 "default_store": o.default_store,
                 "maxvnodes": self.engine.vcache.maxvnodes,

@@ -7,9 +7,28 @@ Rules:
   bug: it is logged with its traceback and answered with EIO, because pyfuse3 ends the whole
   mount on anything but ``FUSEError`` -- except ``Panic``, which is let through on purpose:
   a panicked VM must stop (the daemon then unmounts).
-* Every open is ``direct_io``: the UBC, not the Linux page cache, is the cache.  The price
-  (fuse-notes §2.3): shared writable ``mmap`` of a file on the mount fails with ENODEV,
+* By default every open is ``direct_io``: the UBC, not the Linux page cache, is the cache.
+  The price (fuse-notes §2.3): shared ``mmap`` of a file on the mount fails with ENODEV,
   and each ``read()`` reaches the daemon; ``MAP_PRIVATE`` mappings and ``execve`` work.
+* With ``--kernel-cache`` opens are neither ``direct_io`` nor ``keep_cache``: the kernel's
+  page cache sits in front of the UBC, so shared mappings work.  The UBC then sees the
+  kernel's misses (read-ahead sized reads, possibly past EOF: a read returns exactly
+  ``size`` bytes unless it reaches EOF, a write takes all of ``buf``), every write (write-
+  through: there is no writeback cache) and the write-back of dirty shared mappings.
+  Coherence needs no ``invalidate_inode``: every change of file data or size reaches the
+  daemon as a request from this kernel, which has already applied it to its own cache
+  (write-through writes, the truncate of SETATTR and of an O_TRUNC open), and the UBC
+  never changes data by itself (page-in reads what page-out wrote).  ``keep_cache=False``
+  also drops the kernel's pages at every open, and libfuse's AUTO_INVAL_DATA drops them
+  whenever a refreshed mtime or size differs (so a truncate that fails after the engine
+  applied the new size is caught up with at the next refresh; measured: at once).  The
+  attribute and entry timeouts stay at 1 s: no size changes without the kernel making it,
+  so its cached size cannot go stale, while with AUTO_INVAL_DATA an expired timeout costs a
+  GETATTR before each read that the kernel would otherwise serve from its cache.
+  XXX issue 11: the day something below this module changes file data on its own (stores
+  of simulated processes through the UBC), it must have the kernel drop its pages with
+  ``pyfuse3.invalidate_inode`` -- from a thread of its own, never inline in a handler
+  (fuse-notes §5.5).
 * Sizes and mtimes that programs see are the engine's: a file with dirty pages not yet
   written shows its new size.
 * ``open`` receives O_TRUNC (ATOMIC_O_TRUNC) and truncates itself.  ``flush`` and ``fsync``
@@ -142,17 +161,27 @@ class Operations(pyfuse3.Operations):
         namespace: the backing directory's inode table.
         ubc: False for ``--no-ubc``: data goes straight to the backing files (the baseline
             benchmarks compare against); everything else is the same.
+        kernel_cache: True for ``--kernel-cache``: opens without ``direct_io``, the
+            kernel's page cache in front (module docstring).
     """
 
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, engine: Engine, namespace: BackingNamespace, *, ubc: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        namespace: BackingNamespace,
+        *,
+        ubc: bool = True,
+        kernel_cache: bool = False,
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.ns = namespace
         self.ubc = ubc
+        self.kernel_cache = kernel_cache
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.dirs: dict[int, tuple[Inode, list[bytes]]] = {}
@@ -410,6 +439,11 @@ class Operations(pyfuse3.Operations):
         self.handles[fh] = Handle(inode, vnode, data_fd, flags, (ctx.uid, ctx.gid, ctx.pid))
         return fh
 
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        """The reply to an open: ``direct_io`` unless ``--kernel-cache`` (see the module
+        docstring), and never keep_cache (the kernel drops its pages at every open)."""
+        return pyfuse3.FileInfo(fh=fh, direct_io=not self.kernel_cache, keep_cache=False)
+
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
         if h is None:
@@ -450,7 +484,7 @@ class Operations(pyfuse3.Operations):
                     raise _fail(err)
             else:
                 os.ftruncate(h.data_fd, 0)
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return self._file_info(fh)
 
     @handler
     async def create(
@@ -463,7 +497,7 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self._forget(inode, 1)
             raise
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), self._entry(inode, st)
+        return self._file_info(fh), self._entry(inode, st)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -485,7 +519,10 @@ class Operations(pyfuse3.Operations):
         h = self._handle(fh)
         if h.kill_priv and h.inode.mode & (stat.S_ISUID | stat.S_ISGID):
             self._kill_priv(h)
-        if h.flags & os.O_APPEND:
+        # With the kernel cache, the kernel has put the bytes at ``off`` in its own cache
+        # already (an O_APPEND write at its i_size), and the write-back of a shared mapping
+        # may come through an O_APPEND descriptor: ``off`` is the truth.
+        if h.flags & os.O_APPEND and not self.kernel_cache:
             off = h.vnode.size if h.vnode is not None else os.fstat(h.data_fd).st_size
         if h.vnode is not None:
             err, n = await self.engine.write(h.vnode, off, buf)

@@ -126,6 +126,9 @@ class MountOptions:
         page_size: bytes per page.
         ubc: False for ``--no-ubc`` (data bypasses the UBC).
         extend_fastpath: False for ``--no-extend-fastpath``.
+        kernel_cache: True for ``--kernel-cache``: files are opened without FUSE
+            ``direct_io``, so shared ``mmap`` works and the kernel's page cache sits in
+            front of the UBC (see ``ubcfs.fuse``).
         allow_other: let other users in (``-o allow_other``).
         foreground: run the daemon in the foreground.
         debug: verbose logging.
@@ -143,6 +146,7 @@ class MountOptions:
     page_size: int = DEFAULT_PAGE_SIZE
     ubc: bool = True
     extend_fastpath: bool = True
+    kernel_cache: bool = False
     allow_other: bool = False
     foreground: bool = False
     debug: bool = False
@@ -172,6 +176,7 @@ class MountOptions:
         for flag, on in (
             ("--no-ubc", not self.ubc),
             ("--no-extend-fastpath", not self.extend_fastpath),
+            ("--kernel-cache", self.kernel_cache),
             ("--allow-other", self.allow_other),
             ("--foreground", self.foreground),
             ("--debug", self.debug),
@@ -224,6 +229,12 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"files the vnode cache keeps with their pages ({MIN_MAXVNODES} or more; default:"
         " one per 16K of memory, within the descriptor limit)",
+    )
+    parser.add_argument(
+        "--kernel-cache",
+        action="store_true",
+        help="open files without direct_io: shared mmap works, and the kernel's page cache"
+        " sits in front of the UBC (which then sees only the kernel's misses and writes)",
     )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
@@ -280,6 +291,7 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         page_size=page_size,
         ubc=not ns.no_ubc,
         extend_fastpath=not ns.no_extend_fastpath,
+        kernel_cache=ns.kernel_cache,
         allow_other=ns.allow_other,
         foreground=ns.foreground,
         debug=ns.debug,

@@ -68,3 +68,12 @@ def test_main_reports_usage_errors_in_one_line(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("ubcfs: error: --memory: invalid size 'lots'")
+
+
+@pytest.mark.parametrize("flag", ["--kernel-cache=yes", "--kernel-cache=0"])
+def test_kernel_cache_is_a_plain_flag(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["mount", "/x", flag]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("ubcfs: error: ")
+    assert "--kernel-cache" in err

@@ -67,6 +67,7 @@ def test_defaults() -> None:
     assert o.backing is None
     assert o.maxvnodes is None  # the engine's default
     assert o.mountpoint == "/x"
+    assert o.kernel_cache is False  # direct_io by default: the UBC is the only cache
 
 
 def test_swap_defaults_to_twice_memory() -> None:
@@ -103,10 +104,26 @@ def test_daemon_argv_round_trip(tmp_path: Path) -> None:
     o = parse(
         str(tmp_path / "mnt"), "--backing", str(tmp_path), "--memory", "2M", "--swap", "8M",
         "--swap-file", "swap", "--page-size", "8K", "--no-ubc", "--no-extend-fastpath",
-        "--allow-other", "--debug", "--maxvnodes", "100",
+        "--kernel-cache", "--allow-other", "--debug", "--maxvnodes", "100",
     )  # fmt: skip
     assert o.maxvnodes == 100
     assert parse(*o.daemon_argv()) == o
+
+
+def test_kernel_cache(tmp_path: Path) -> None:
+    backing = str(tmp_path)
+    o = parse("/x", "--backing", backing, "--kernel-cache")
+    assert o.kernel_cache is True
+    assert (o.ubc, o.extend_fastpath) == (True, True)  # it changes nothing else
+    assert "--kernel-cache" in o.daemon_argv()
+    assert parse(*o.daemon_argv()).kernel_cache is True
+    plain = parse("/x", "--backing", backing)
+    assert plain.kernel_cache is False
+    assert "--kernel-cache" not in plain.daemon_argv()
+    # The kernel's cache over plain passthrough is a meaningful baseline: allowed.
+    both = parse("/x", "--backing", backing, "--kernel-cache", "--no-ubc")
+    assert (both.kernel_cache, both.ubc) == (True, False)
+    assert parse(*both.daemon_argv()) == both
 
 
 def test_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,7 +121,7 @@ class Vnode(GenfsNode):
         params: GenfsParams,
         key: tuple[int, int],
         mtime_ns: int,
-        ctime_ns: int | None = None,
+        ctime_ns: int,
     ) -> None:
         super().__init__(uvm, name, fd, size, io, params)
         self.key = key
@@ -130,7 +130,7 @@ class Vnode(GenfsNode):
         self.vstate = VS.LOADING
         self._state_changed = trio.Event()
         self.mtime_ns = mtime_ns
-        self.ctime_ns = ctime_ns if ctime_ns is not None else time.time_ns()
+        self.ctime_ns = ctime_ns  # the backing file's: making a vnode changes nothing
         self.times_dirty = False
         self.opcount = 0  # reads and writes, for fair scheduling (vnops._fair_checkpoint)
         self.unsynced = False
