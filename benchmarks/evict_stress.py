@@ -3,7 +3,7 @@
 Run (as root: it writes ``/proc/sys/vm/drop_caches``)::
 
     .venv/bin/python benchmarks/evict_stress.py MOUNTPOINT [--procs 4] [--cycles N]
-        [--shared] [--seed S] [--json] [--backing DIR] [--timeout S]
+        [--shared] [--seed S] [--json] [--backing DIR] [--max-seconds S] [--timeout S]
     .venv/bin/python benchmarks/evict_stress.py --mount [--memory 4M] [...]
 
 Each of ``--procs`` worker processes runs ``--cycles`` cycles (so ``--procs 4 --cycles 2500``
@@ -39,7 +39,9 @@ writes).  A progress line goes to stderr every ``--progress`` seconds.  After th
 finish: ``ubcfs sync``, one more ``drop_caches``, then each final file is compared with its
 model on the mount and, when the backing directory is known (``--backing DIR``, or the
 ``ubcfs:DIR`` source of the mount in the mount table), in the backing directory; then
-``ubcfs check``.
+``ubcfs check``.  ``--max-seconds S`` starts no cycle after S seconds (the run then counts
+as complete: a bound for tests on a slow host); ``--timeout S`` gives up after S seconds,
+which is a failure.
 
 ``--mount`` makes its own mount (``python -m ubcfs mount`` in a temp dir, with ``--memory
 SIZE``, default 4M) and unmounts it at the end (``ubcfs umount`` must succeed too); its temp
@@ -151,6 +153,10 @@ class Config:
     seed: int
     size: int
     rotate: int
+    stop_at: float  # time.monotonic() after which no cycle starts (0: none)
+
+    def stopping(self) -> bool:
+        return bool(self.stop_at) and time.monotonic() >= self.stop_at
 
 
 @dataclass
@@ -224,6 +230,8 @@ def own_worker(cfg: Config, proc: int, progress: Any) -> WorkerResult:
     records: list[Record] = []
     length = 0
     for cycle in range(cfg.cycles):
+        if cfg.stopping():
+            break
         path = cfg.workdir / f"p{proc}-g{gen}"
         ok = True
         step = "open for the first write"
@@ -317,6 +325,8 @@ def shared_worker(cfg: Config, proc: int, progress: Any) -> WorkerResult:
         clear_model(model)
 
     for cycle in range(cfg.cycles):
+        if cfg.stopping():
+            break
         with locked(lock_fd):
             step = "open for the first write"
             try:
@@ -403,6 +413,7 @@ class Summary:
     errors_by_errno: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     timed_out: bool = False
+    stopped_early: bool = False  # --max-seconds ended the run before --cycles
     drop_caches: dict[str, float] = field(default_factory=dict)
     sync: str = "not run"
     final_mount: str = "not run"
@@ -417,7 +428,7 @@ class Summary:
             self.mismatches == 0
             and self.errors == 0
             and not self.timed_out
-            and self.cycles_done == self.procs * self.cycles_per_proc
+            and (self.stopped_early or self.cycles_done == self.procs * self.cycles_per_proc)
             and self.sync == "ok"
             and self.final_mount == "ok"
             and self.final_backing in ("ok", "skipped (backing directory unknown)")
@@ -465,6 +476,7 @@ def run(
         args.seed,
         args.chunk,
         args.rotate,
+        t0 + args.max_seconds if args.max_seconds else 0.0,
     )
     ctx = mp.get_context("fork")
     progress: Any = ctx.Queue()
@@ -546,6 +558,7 @@ def run(
     if args.shared and not s.timed_out:
         finals.append((SHARED_NAME, read_model(lockdir / "model")))
     shutil.rmtree(lockdir, ignore_errors=True)
+    s.stopped_early = bool(args.max_seconds) and s.cycles_done < args.procs * args.cycles
 
     if not s.timed_out:
         final_checks(s, mnt, backing, workdir, finals, args, env)
@@ -631,7 +644,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="content seed (default 1)")
     p.add_argument("--chunk", type=int, default=5000, help="bytes per write (default 5000)")
     p.add_argument("--rotate", type=int, default=20, help="cycles per file (default 20)")
-    p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="start no cycle after S seconds (the cycles done count; not a failure)",
+    )
+    p.add_argument("--timeout", type=float, default=0.0, help="give up (fail) after S seconds")
     p.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object")
     args = p.parse_args(argv)
@@ -650,6 +669,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--procs must be at most 256, not {args.procs}")
     if args.timeout < 0:
         p.error(f"--timeout must not be negative, not {args.timeout:g}")
+    if args.max_seconds < 0:
+        p.error(f"--max-seconds must not be negative, not {args.max_seconds:g}")
     if args.progress <= 0:
         p.error(f"--progress must be positive, not {args.progress:g}")
     if args.mount:
@@ -738,6 +759,8 @@ def report(s: Summary, as_json: bool) -> None:
     print(f"  errors: {s.errors}" + (f" ({by})" if by else ""))
     if s.timed_out:
         print("  timed out")
+    if s.stopped_early:
+        print("  stopped early (--max-seconds)")
     for line in s.failures[:MAX_FAILURES_KEPT]:
         print(f"    {line}")
     print(
