@@ -251,7 +251,10 @@ def test_backing_mtime_after_sync_is_the_mounts(mounted: Mounted) -> None:
     r = mounted.ubcfs("sync", mounted.mnt)
     assert r.returncode == 0, r.stderr
     for p in files:
-        assert (mounted.backing / p.name).stat().st_mtime_ns == p.stat().st_mtime_ns, p.name
+        want, got = p.stat().st_mtime_ns, (mounted.backing / p.name).stat().st_mtime_ns
+        assert got == want, (
+            f"{p.name}: backing mtime {got}, the mount's {want} ({(got - want) / 1e9:+.3f} s)"
+        )
 
 
 def make_tree(top: Path) -> list[Path]:
