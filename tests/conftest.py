@@ -63,6 +63,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "broken_vm: the test breaks a machine on purpose; skip the after-test invariant check",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: takes more than about a minute (deselect with -m 'not slow')",
+    )
     diag.set_diagnostic(True)
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up (Debian packages and .venv, when missing), then ruff, mypy and
 # pytest.  Extra arguments go to pytest.  This is the README's test command and what CI runs.
+# UBCFS_TEST_DROP_CACHES=1 bash tests/run.sh tests/integration runs the mounted tests while a
+# thread writes 2 to /proc/sys/vm/drop_caches every 0.2 s (root; tests/integration/conftest.py).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"

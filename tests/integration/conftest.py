@@ -15,6 +15,13 @@ machine but fail under ``CI=true``: the mounted tests are the point of the suite
 
 Every CLI run gets its own XDG_STATE_HOME and XDG_DATA_HOME, so logs and the default store
 stay in the test's temp dirs.
+
+With ``UBCFS_TEST_DROP_CACHES=1`` in the environment, a thread writes ``2`` to
+``/proc/sys/vm/drop_caches`` every ``UBCFS_TEST_DROP_CACHES_INTERVAL`` seconds (default 0.2)
+for the whole session, so the kernel forgets dentries and inodes of every mount all the
+time and the daemons get FORGETs in the middle of everything (issue 8).  It needs root;
+without it every test here is skipped with the reason.  ``drop_caches()`` does it once, for
+tests that need it at a given moment.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +46,9 @@ from ubcfs.ctl.protocol import mount_entry
 
 CMD_TIMEOUT = 120.0
 MEMORY = "1M"
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+DROP_CACHES_ENV = "UBCFS_TEST_DROP_CACHES"
+DROP_CACHES_INTERVAL_ENV = "UBCFS_TEST_DROP_CACHES_INTERVAL"
 
 
 def fuse_missing() -> str | None:
@@ -62,6 +74,75 @@ def require_fuse() -> None:
     pytest.skip(f"no FUSE: {why}")
 
 
+def require_root(why: str) -> None:
+    """Skip unless running as root."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {why}")
+
+
+def drop_caches() -> None:
+    """``echo 2 > /proc/sys/vm/drop_caches``: the kernel forgets unused dentries and inodes
+    (FUSE sends FORGETs), and the page cache stays.  Root only."""
+    with open(DROP_CACHES, "w") as f:
+        f.write("2")
+
+
+class DropCachesLoop:
+    """A thread that calls ``drop_caches()`` every ``interval`` seconds until ``stop()``.
+
+    A failing write is remembered (``errors``) and ends the loop; ``drops`` counts the
+    successful ones.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.drops = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drop-caches", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                drop_caches()
+            except OSError as e:
+                self.errors.append(f"{DROP_CACHES}: {e}")
+                return
+            self.drops += 1
+
+    def start(self) -> DropCachesLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop and wait for the thread (a drop in progress finishes first)."""
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"the drop_caches thread did not stop within {timeout:g} s")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_caches_loop() -> Iterator[DropCachesLoop | None]:
+    """With UBCFS_TEST_DROP_CACHES=1: drop dentries and inodes in a loop for the whole run."""
+    if os.environ.get(DROP_CACHES_ENV, "") in ("", "0"):
+        yield None
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"{DROP_CACHES_ENV}=1 needs root to write {DROP_CACHES}")
+    try:
+        interval = float(os.environ.get(DROP_CACHES_INTERVAL_ENV, "0.2"))
+    except ValueError:
+        pytest.fail(f"{DROP_CACHES_INTERVAL_ENV} must be a number of seconds")
+    drop_caches()  # fail here, not in the thread, if it cannot work at all
+    loop = DropCachesLoop(interval).start()
+    try:
+        yield loop
+    finally:
+        loop.stop()
+    assert not loop.errors, f"the drop_caches loop failed: {loop.errors[0]}"
+
+
 def ubcfs_env(base: Path) -> dict[str, str]:
     """The environment for CLI runs: state and default store under ``base``."""
     env = dict(os.environ)
@@ -71,11 +152,15 @@ def ubcfs_env(base: Path) -> dict[str, str]:
 
 
 def run_ubcfs(
-    *args: str | Path, env: dict[str, str], timeout: float = CMD_TIMEOUT
+    *args: str | Path,
+    env: dict[str, str],
+    timeout: float = CMD_TIMEOUT,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run the ``ubcfs`` CLI (as ``python -m ubcfs``) and capture its output."""
+    """Run the ``ubcfs`` CLI (as ``python -m ubcfs``, after the command ``prefix``, e.g.
+    ``prlimit --nofile=...``) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "ubcfs", *map(str, args)],
+        [*prefix, sys.executable, "-m", "ubcfs", *map(str, args)],
         env=env,
         capture_output=True,
         text=True,
@@ -181,10 +266,17 @@ class Mounter:
         self.paths: list[Path] = []
 
     def __call__(
-        self, name: str = "m", *options: str, memory: str = MEMORY, backing: bool = True
+        self,
+        name: str = "m",
+        *options: str,
+        memory: str = MEMORY,
+        backing: bool = True,
+        nofile: int | None = None,
     ) -> Mounted:
         """Mount ``<base>/<name>/mnt`` with ``options`` over ``<base>/<name>/backing`` (or,
-        with ``backing=False``, over the default store of this test's XDG_DATA_HOME)."""
+        with ``backing=False``, over the default store of this test's XDG_DATA_HOME).
+        ``nofile``: run ``ubcfs mount``, and so the daemon it spawns, under
+        ``prlimit --nofile=N:N`` (soft and hard RLIMIT_NOFILE)."""
         require_fuse()
         top = self.base / name
         mnt = top / "mnt"
@@ -196,7 +288,8 @@ class Mounter:
             options = ("--backing", str(store), *options)
         else:
             store = Path(self.env["XDG_DATA_HOME"]) / "ubcfs" / "store"
-        r = run_ubcfs("mount", mnt, "--memory", memory, *options, env=self.env)
+        prefix = () if nofile is None else ("prlimit", f"--nofile={nofile}:{nofile}")
+        r = run_ubcfs("mount", mnt, "--memory", memory, *options, env=self.env, prefix=prefix)
         assert r.returncode == 0, f"mount failed: {r.stderr}"
         assert r.stderr == "", r.stderr
         assert r.stdout == "", r.stdout
@@ -267,3 +360,20 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 def mounted(mounter: Mounter) -> Mounted:
     """One mount with 1M of memory over an empty backing directory."""
     return mounter("m")
+
+
+@pytest.fixture
+def world_mounter() -> Iterator[Mounter]:
+    """Mounts (made with ``--allow-other``) under a directory every user may traverse
+    (pytest's tmp dirs are 0700), for tests that act as a second user; root only."""
+    require_root("acts as a second user")
+    base = Path(tempfile.mkdtemp(prefix="ubcfs-world-", dir="/tmp"))
+    base.chmod(0o755)
+    mk = Mounter(base)
+    try:
+        yield mk
+    finally:
+        try:
+            mk.cleanup()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
