@@ -42,6 +42,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -63,6 +64,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 ATTR_TIMEOUT: Final = 1.0
+# How close to our clock a setattr's mtime must be to count as UTIME_NOW (see setattr).
+UTIME_NOW_SLACK_NS: Final = 250_000_000
 ENTRY_TIMEOUT: Final = 1.0
 
 
@@ -325,18 +328,28 @@ class Operations(pyfuse3.Operations):
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
             self.ns.chown(ino, uid, gid)
-        times = fields.update_atime or fields.update_mtime
-        if times:
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        if fields.update_atime or fields.update_mtime:
             atime = attr.st_atime_ns if fields.update_atime else None
-            mtime = attr.st_mtime_ns if fields.update_mtime else None
             self.ns.set_times(ino, atime, mtime)
             vp = self._cached_vnode(ino)
             if vp is not None and mtime is not None:
                 vp.mtime_ns = mtime
                 vp.times_dirty = True
-        if times or fields.update_mode or fields.update_uid or fields.update_gid:
-            self._changed(ino)
-        return self._attr(ino)
+        elif not (fields.update_mode or fields.update_uid or fields.update_gid):
+            return self._attr(ino)
+        st = self.ns.getattr(ino)
+        ctime = st.st_ctime_ns
+        if mtime is not None and abs(mtime - time.time_ns()) < UTIME_NOW_SLACK_NS:
+            # UTIME_NOW, which pyfuse3 turned into a clock reading just before calling us:
+            # a local file system stamps mtime and ctime with the same reading.
+            ctime = mtime
+        vp = self._cached_vnode(ino)
+        if vp is not None:
+            vp.changed(ctime)
+        elif ino.is_reg() and self.ubc and ctime != st.st_ctime_ns:
+            self.engine.vcache.ctimes[ino.key] = (st.st_ctime_ns, ctime)
+        return self._entry(ino, st)
 
     async def _truncate(self, ino: Inode, fh: int | None, size: int) -> None:
         if not self.ubc:

@@ -366,8 +366,8 @@ class BackingNamespace:
         c = self.fdcache
         pinned = sum(1 for i in self.inodes.values() if i.pinned >= 0)
         return {
-            "limit": self.fd_limit,
-            "cache_max": int(c.maxsize),
+            "limit": int(c.maxsize),  # the cache's bound
+            "nofile": self.fd_limit,  # RLIMIT_NOFILE (the soft limit, raised at start)
             "open": len(c) + pinned + len(self.mount_fds),
             "cached": len(c),
             "pinned": pinned,
