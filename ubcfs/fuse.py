@@ -156,7 +156,7 @@ class Operations(pyfuse3.Operations):
     Atomicity: ``forget``, ``release``, ``releasedir`` and every namespace operation run
     without an ``await``, so the inode table, lookup counts and vnode uses change together.
     The awaits are in ``open``/``create``/``setattr`` (``vget`` may wait for a reclaim to
-    finish; the inode's ``opens`` or the handle already pins the inode across it) and in
+    finish; the inode's ``inflight`` count or the handle pins the inode across it) and in
     the data operations, which hold a vnode use through their handle.
 
     Args:
@@ -277,7 +277,7 @@ class Operations(pyfuse3.Operations):
     def _drop_if_unused(self, inode: Inode) -> None:
         """Forget an inode the kernel no longer knows once its last open is closed.
         => never sleeps."""
-        if inode.opens == 0 and inode.nlookup <= 0 and self.ns.inodes.get(inode.ino) is inode:
+        if not inode.in_use and self.ns.inodes.get(inode.ino) is inode:
             self.ns.drop(inode)
             self.engine.vcache.forgotten(inode.key)
 
@@ -359,7 +359,7 @@ class Operations(pyfuse3.Operations):
         if h is not None and h.vnode is not None:
             err = await self.engine.truncate(h.vnode, size)
         else:
-            ino.opens += 1  # keeps the inode across the await, like an open
+            ino.inflight += 1  # keeps the inode across the awaits
             try:
                 vp = await self._vget(ino)
                 try:
@@ -367,7 +367,7 @@ class Operations(pyfuse3.Operations):
                 finally:
                     self.engine.vrele(vp)
             finally:
-                ino.opens -= 1
+                ino.inflight -= 1
                 self._drop_if_unused(ino)
         if err:
             raise _fail(err)
@@ -467,20 +467,22 @@ class Operations(pyfuse3.Operations):
         self, inode: Inode, flags: int, ctx: pyfuse3.RequestContext, data_fd: int = -1
     ) -> int:
         """Open ``inode``: a handle with a vnode use (or, with --no-ubc, a data descriptor).
-        => may sleep; ``inode.opens`` counts the open from the start, so a forget arriving
-        meanwhile cannot drop the inode."""
-        inode.opens += 1
+        => may sleep; ``inode.inflight`` holds the inode meanwhile, so a forget arriving
+        then cannot drop it."""
+        inode.inflight += 1
         try:
             if self.ubc:
                 vp = await self._vget(inode, data_fd)
-                return self._add_handle(inode, vp, flags, -1, ctx)
-            if data_fd < 0:
-                data_fd = self.ns.open_data(inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
-            return self._add_handle(inode, None, flags, data_fd, ctx)
-        except BaseException:
-            inode.opens -= 1
+                fh = self._add_handle(inode, vp, flags, -1, ctx)
+            else:
+                if data_fd < 0:
+                    data_fd = self.ns.open_data(inode, (flags & os.O_ACCMODE) != os.O_RDONLY)
+                fh = self._add_handle(inode, None, flags, data_fd, ctx)
+            inode.opens += 1
+            return fh
+        finally:
+            inode.inflight -= 1
             self._drop_if_unused(inode)
-            raise
 
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -771,8 +773,10 @@ class Operations(pyfuse3.Operations):
                 out.append(f"{where}: not the inode of its key {inode.key}")
             if inode.opens != opens.get(id(inode), 0):
                 out.append(f"{where}: opens {inode.opens}, handles {opens.get(id(inode), 0)}")
-            if inode.nlookup <= 0 and inode.opens <= 0:
-                out.append(f"{where}: neither looked up nor open, but registered")
+            if inode.inflight < 0:
+                out.append(f"{where}: {inode.inflight} requests in flight")
+            if not inode.in_use:
+                out.append(f"{where}: neither looked up, open nor in use, but registered")
             fd = inode.pinned if inode.pinned >= 0 else ns.fdcache.get(inode.ino)
             if fd is None:
                 if inode.handle is None:

@@ -163,6 +163,7 @@ async def test_open_during_reclaim_waits_and_gets_a_fresh_vnode(tmp_path: Path) 
             nursery.start_soon(open_it)
             await trio.testing.wait_all_tasks_blocked()
             assert opened == [], "open went ahead while the vnode was being reclaimed"
+            assert ops.audit() == []  # an open in flight is no broken state
         assert result == [0]
         assert old.vstate is VS.RECLAIMED
         assert old.fd == -1

@@ -214,9 +214,22 @@ class Inode:
             without a handle, inodes whose last name was removed), or -1.
         nlookup: the kernel's lookup count.
         opens: open file and directory handles.
+        inflight: requests that hold the inode across an ``await`` without a handle (an
+            open not finished yet, a truncate by path).
     """
 
-    __slots__ = ("handle", "ino", "key", "mode", "mount_id", "name", "nlookup", "opens", "pinned")
+    __slots__ = (
+        "handle",
+        "inflight",
+        "ino",
+        "key",
+        "mode",
+        "mount_id",
+        "name",
+        "nlookup",
+        "opens",
+        "pinned",
+    )
 
     def __init__(self, ino: int, key: tuple[int, int], mode: int, name: bytes) -> None:
         self.ino = ino
@@ -228,6 +241,12 @@ class Inode:
         self.pinned = -1
         self.nlookup = 0
         self.opens = 0
+        self.inflight = 0
+
+    @property
+    def in_use(self) -> bool:
+        """Known to the kernel, open, or held by a request in flight."""
+        return self.nlookup > 0 or self.opens > 0 or self.inflight > 0
 
     @property
     def label(self) -> str:
@@ -460,7 +479,7 @@ class BackingNamespace:
         if inode.ino == ROOT_INO:
             return False
         inode.nlookup -= n
-        if inode.nlookup > 0 or inode.opens > 0:
+        if inode.in_use:
             return False
         self.drop(inode)
         return True
