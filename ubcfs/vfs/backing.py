@@ -111,13 +111,24 @@ FD_RESERVE: Final = 96  # descriptors kept free for sockets, logs, pipes, worker
 MIN_PATH_FDS: Final = 16
 
 
+def _nofile() -> tuple[int, int]:
+    """RLIMIT_NOFILE (soft, hard), with "unlimited" as the kernel's own cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = 1 << 20  # fs.nr_open's default
+    return (cap if soft == resource.RLIM_INFINITY else soft), (
+        cap if hard == resource.RLIM_INFINITY else hard
+    )
+
+
+def vnode_fd_budget() -> int:
+    """Descriptors the vnode cache may hold: half of what RLIMIT_NOFILE leaves after the
+    reserve (a quarter goes to the O_PATH cache, the rest to sockets and worker threads)."""
+    return max(0, _nofile()[0] - FD_RESERVE) // 2
+
+
 def raise_nofile_limit() -> int:
     """Raise RLIMIT_NOFILE's soft limit to the hard one; return the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft == resource.RLIM_INFINITY:
-        return hard
+    soft, hard = _nofile()
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

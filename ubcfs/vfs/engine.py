@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -34,6 +33,7 @@ import trio
 from genfs.node import GenfsParams
 from pagers.backing_io import BackingIO, FaultInjector
 from ubcfs.vfs import vnops
+from ubcfs.vfs.backing import vnode_fd_budget
 from ubcfs.vfs.vcache import VS, Key, Vcache, default_maxvnodes
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm.pager import Aio
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FD_RESERVE = 96  # descriptors never planned for the caches: sockets, logs, pipes, threads
 SHUTDOWN_AFTER_FAILURE = 30.0  # seconds of write-back attempts after the body failed
 # While an engine runs, a thread that wants the GIL gets it within this many seconds
 # (sys.setswitchinterval; CPython's default is 5 ms).  The backing-I/O threads need it right
@@ -99,7 +98,7 @@ class Engine:
         self.pdaemon = Pagedaemon(self.uvm, ClockPolicy(test_reference=test_reference))
         self.aio = Aio(self.uvm)
         if maxvnodes is None:
-            maxvnodes = default_maxvnodes(memory, fd_budget())
+            maxvnodes = default_maxvnodes(memory, vnode_fd_budget())
         self.vcache = Vcache(self.uvm, self.ubc, maxvnodes)
 
     @property
@@ -263,15 +262,6 @@ def _prompt_io_threads() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(old)
-
-
-def fd_budget() -> int:
-    """Descriptors the vnode cache may hold: half of what RLIMIT_NOFILE leaves after a
-    reserve (the other half is for O_PATH handles, sockets and worker threads)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(0, soft - FD_RESERVE) // 2
 
 
 def errname(err: int) -> str:
