@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 Key = tuple[int, int]
 
 DRAIN_TARGET: Final = 0.9  # the drain reclaims until the cache is at 90% of maxvnodes
+DRAIN_PARALLEL: Final = 8  # reclaims the drain runs at once
 RETRY_MIN: Final = 0.5  # seconds before a vnode whose reclaim failed is tried again
 RETRY_MAX: Final = 30.0
 MIN_MAXVNODES: Final = 16
@@ -113,6 +114,8 @@ class Vcache:
         # the mtime put back at reclaim move the backing ctime, programs' must not move.
         self.ctimes: LRUCache[Key, tuple[int, int]] = LRUCache(maxsize=CTIME_MEMORY)
         self._wake = trio.Event()
+        self._room = trio.Event()  # set whenever a reclaim ends
+        self.reclaiming = 0  # reclaims in progress
         self.running = False
         # Counters for ubcfs stat.
         self.loads = 0
@@ -134,6 +137,12 @@ class Vcache:
         while True:
             vp = self.table.get(key)
             if vp is None:
+                if self._must_wait_for_room():
+                    # Back-pressure (kernel: vdrain's callers): loads may outrun the drain,
+                    # whose reclaims write back, and each vnode holds a descriptor.
+                    self._kick()
+                    await self._room.wait()
+                    continue  # look the key up again: it may have been loaded meanwhile
                 vp = load()
                 assert vp.key == key, f"loaded {vp.key} for {key}"
                 vp.vstate = VS.LOADED
@@ -205,11 +214,28 @@ class Vcache:
 
         => may sleep; new users wait meanwhile (``vget``).
         """
+        self._take(vp)
+        return await self._reclaim(vp, discard)
+
+    def _take(self, vp: Vnode) -> None:
+        """Start a reclaim: off the free list, BLOCKED (new users wait).  => never sleeps."""
         assert vp.usecount == 0, f"vrecycle of {vp.name} with {vp.usecount} uses"
         assert vp.vstate is VS.LOADED, f"vrecycle of a {vp.vstate.value} vnode"
         self.free.pop(vp.key, None)
         self.doomed.pop(vp.key, None)
         vp.set_state(VS.BLOCKED)
+        self.reclaiming += 1
+
+    async def _reclaim(self, vp: Vnode, discard: bool) -> int:
+        """The rest of ``vrecycle``, after ``_take``."""
+        try:
+            return await self._reclaim_taken(vp, discard)
+        finally:
+            self.reclaiming -= 1
+            self._room.set()
+            self._room = trio.Event()
+
+    async def _reclaim_taken(self, vp: Vnode, discard: bool) -> int:
         if discard:
             err = 0
         else:
@@ -257,9 +283,21 @@ class Vcache:
                 err = await self.vrecycle(vp, discard=vp.key in self.doomed)
                 if err and not first:
                     first = err
+        while self.reclaiming:  # the drain's, started before or meanwhile
+            await self._room.wait()
         return first
 
     # --- the drain task -----------------------------------------------------------------
+
+    def _must_wait_for_room(self) -> bool:
+        """Is the cache so far over its size that a load should wait for the drain?  Only
+        while the drain can make room: with every vnode in use (or failing), loads go on."""
+        if not self.running or len(self.table) < self.maxvnodes + self.maxvnodes // 8:
+            return False
+        if self.reclaiming:
+            return True
+        now = trio.current_time()
+        return bool(self.doomed) or any(vp.retry_at <= now for vp in self.free.values())
 
     def _check_size(self) -> None:
         if len(self.table) > self.maxvnodes:
@@ -274,7 +312,7 @@ class Vcache:
         the least recently used while over the drain target."""
         if self.doomed:
             return next(iter(self.doomed.values())), True
-        if len(self.table) <= self.maxvnodes * DRAIN_TARGET:
+        if len(self.table) - self.reclaiming <= self.maxvnodes * DRAIN_TARGET:
             return None
         for vp in self.free.values():
             if vp.retry_at <= now:
@@ -294,35 +332,55 @@ class Vcache:
             self.running = False
 
     async def _drain(self) -> None:
-        while True:
-            now = trio.current_time()
-            got = self._victim(now)
-            if got is None:
-                if len(self.table) > self.maxvnodes * DRAIN_TARGET and self.free:
-                    # Only vnodes whose write-back failed are left: try again later.
-                    soonest = min(vp.retry_at for vp in self.free.values())
-                    with trio.move_on_at(soonest):
-                        await self._wake.wait()
-                    self._wake = trio.Event()
+        """Reclaim victims, up to DRAIN_PARALLEL at a time (their write-backs overlap),
+        until there is none; then wait for the reclaims in progress."""
+        limit = trio.Semaphore(DRAIN_PARALLEL)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await limit.acquire()
+                got = self._victim(trio.current_time())
+                if got is None:
+                    limit.release()
+                    if self.reclaiming:
+                        await self._room.wait()  # a reclaim in progress may fail
+                        continue
+                    if not await self._retry_later():
+                        return
                     continue
-                return
-            vp, discard = got
-            err = await self.vrecycle(vp, discard)
-            if err:
-                # Nobody saw this error: keep it for the next fsync or close of the file
-                # (as Linux reports a write-back error no one has seen to later opens).
-                vp.write_error = vp.write_error or err
-                vp.retry_delay = min(RETRY_MAX, max(RETRY_MIN, 2 * vp.retry_delay))
-                vp.retry_at = trio.current_time() + vp.retry_delay
-                log.warning(
-                    "%s: write-back at reclaim failed (%s); kept, retried in %.1f s",
-                    vp.name,
-                    errno.errorcode.get(err, str(err)),
-                    vp.retry_delay,
-                )
-            else:
-                vp.retry_delay = 0.0
-            await trio.lowlevel.checkpoint()
+                vp, discard = got
+                self._take(vp)
+                nursery.start_soon(self._drain_one, vp, discard, limit)
+
+    async def _retry_later(self) -> bool:
+        """Over the target with only vnodes whose write-back failed left: sleep until the
+        first may be tried again (or a wake-up); False when there is nothing to wait for."""
+        if len(self.table) <= self.maxvnodes * DRAIN_TARGET or not self.free:
+            return False
+        soonest = min(vp.retry_at for vp in self.free.values())
+        with trio.move_on_at(soonest):
+            await self._wake.wait()
+        self._wake = trio.Event()
+        return True
+
+    async def _drain_one(self, vp: Vnode, discard: bool, limit: trio.Semaphore) -> None:
+        try:
+            err = await self._reclaim(vp, discard)
+        finally:
+            limit.release()
+        if err:
+            # Nobody saw this error: keep it for the next fsync or close of the file
+            # (as Linux reports a write-back error no one has seen to later opens).
+            vp.write_error = vp.write_error or err
+            vp.retry_delay = min(RETRY_MAX, max(RETRY_MIN, 2 * vp.retry_delay))
+            vp.retry_at = trio.current_time() + vp.retry_delay
+            log.warning(
+                "%s: write-back at reclaim failed (%s); kept, retried in %.1f s",
+                vp.name,
+                errno.errorcode.get(err, str(err)),
+                vp.retry_delay,
+            )
+        else:
+            vp.retry_delay = 0.0
 
     # --- reporting ----------------------------------------------------------------------
 
