@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a ubcfs checkout on Debian, as root:
-#   * Debian packages: fuse3, libfuse3-dev, pkg-config (and a C compiler, Python headers and
-#     venv support, which building pyfuse3 from source needs), installed only when missing;
+#   * Debian packages: fuse3, libfuse3-dev, pkg-config, patch (and a C compiler, Python
+#     headers and venv support, which building pyfuse3 from source needs), installed only
+#     when missing;
 #   * .venv in the checkout with pyfuse3 built from its sdist with
 #     scripts/pyfuse3-fallocate.patch (pyfuse3 3.5 does not wire FUSE fallocate), then the
 #     package installed editable, with its dev extra.
@@ -58,6 +59,7 @@ pf_base=$(sed -n 's/^pyfuse3==\([^ ]*\) .*/\1/p' "$top/scripts/pyfuse3-sdist.txt
 pf_want="$pf_base+ubcfs.falloc$(cat "${pf_files[@]}" | sha256sum | cut -c1-12)"
 pf_have=$("$venv_py" -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' \
     2>/dev/null || true)
+pf_built=0
 if [ "$pf_have" != "$pf_want" ]; then
     echo "setup: building pyfuse3 $pf_want (pyfuse3 $pf_base with the fallocate patch)"
     pf_log="$top/.venv/pyfuse3-build.log"
@@ -83,9 +85,8 @@ if [ "$pf_have" != "$pf_want" ]; then
         "${pf_pip[@]}" install --no-deps --force-reinstall "${pf_bc[@]}" \
         "$pf_tmp/pyfuse3-$pf_base" >>"$pf_log" 2>&1 \
         || pf_fail "building pyfuse3 (Cython, libfuse3-dev)"
-    "$venv_py" -c 'import sys, pyfuse3; sys.exit(not pyfuse3.FALLOCATE_HANDLER)' \
-        >>"$pf_log" 2>&1 || pf_fail "importing the patched pyfuse3"
     rm -rf "$pf_tmp"
+    pf_built=1
 fi
 
 # Reinstall when pyproject.toml changed since the last install.
@@ -98,5 +99,14 @@ fi
 pf_now=$("$venv_py" -c 'import importlib.metadata as m; print(m.version("pyfuse3"))')
 if [ "$pf_now" != "$pf_want" ]; then
     echo "setup: error: pyfuse3 $pf_now replaced the patched $pf_want; run setup again" >&2
+    exit 1
+fi
+# A new build must import (it needs trio, which the editable install brings) and have the
+# handler.
+if [ "$pf_built" -eq 1 ] &&
+    ! "$venv_py" -c 'import sys, pyfuse3; sys.exit(not pyfuse3.FALLOCATE_HANDLER)' \
+        >>"$pf_log" 2>&1; then
+    echo "setup: error: the patched pyfuse3 does not import or lacks its fallocate handler" \
+        "(log: $pf_log)" >&2
     exit 1
 fi
