@@ -36,9 +36,12 @@ read returns 0 bytes (true EOF).  ``readv`` returns how many bytes landed; fewer
 means EOF, and the caller zero-fills the rest of its pages (genfs_getpages does the same for
 the part of the last page past EOF).
 
-Writes (``writev``) and ``fsync`` always run in a worker thread: write-back may stall on the
-disk or on dirty-page throttling for milliseconds, and the trio thread must never wait for
-that.  A write loops on short counts in the same hop.
+Writes (``writev``), ``fsync`` and ``fallocate`` always run in a worker thread: write-back
+may stall on the disk or on dirty-page throttling for milliseconds, and the trio thread must
+never wait for that.  A write loops on short counts in the same hop.  ``fallocate`` is
+fallocate(2) itself (glibc's, through ctypes: Python has only ``posix_fallocate``, which
+glibc emulates by writing when the file system refuses, and which takes no mode), so the
+backing file system's own answer, EOPNOTSUPP or ENOSPC included, comes back unchanged.
 
 Errors and fault injection
 --------------------------
@@ -46,9 +49,10 @@ Expected failures are errno ints, never exceptions (style.md §5): every ``OSErr
 backing file is caught here and returned as ``(errno, bytes_done_before_the_error)``;
 callers treat the whole cluster as failed.  A bug (too many views, a negative offset, and
 under DIAGNOSTIC a non-byte view) raises ``AssertionError``.  ``FaultInjector`` makes the
-next COUNT I/Os of one kind (backing-read, backing-write, backing-fsync) fail with a chosen
-errno, before any I/O is issued (``ubcfs ctl inject``).  FSYNC is its own kind: an armed
-backing-write fault does not make fsync fail, and vice versa.
+next COUNT I/Os of one kind (backing-read, backing-write, backing-fsync, backing-fallocate)
+fail with a chosen errno, before any I/O is issued (``ubcfs ctl inject``).  FSYNC and
+FALLOCATE are kinds of their own: an armed backing-write fault does not make fsync or
+fallocate fail, and vice versa.
 
 Thread-safety rule
 ------------------
@@ -69,11 +73,13 @@ any ``await``; they must not count on one here.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import enum
 import errno
 import os
-from typing import Final
+from collections.abc import Callable
+from typing import Final, cast
 
 import trio
 
@@ -94,6 +100,20 @@ def _iov_max() -> int:
 # Most views one preadv/pwritev may take (Linux: 1024, i.e. 4 MiB of 4 KiB frames).
 IOV_MAX: Final[int] = _iov_max()
 
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """glibc's fallocate(fd, mode, offset, len) with 64-bit offsets, or None without it."""
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter runs on
+    fn = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if fn is None:
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", fn)
+
+
+_FALLOCATE: Final = _libc_fallocate()
+
 # Answers to RWF_NOWAIT that mean "this fd cannot do it" (EINVAL is handled apart).
 _NOWAIT_UNSUPPORTED: Final = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
 
@@ -104,6 +124,7 @@ class IOKind(enum.Enum):
     READ = "backing-read"
     WRITE = "backing-write"
     FSYNC = "backing-fsync"
+    FALLOCATE = "backing-fallocate"
 
     @classmethod
     def parse(cls, name: str) -> IOKind:
@@ -198,6 +219,7 @@ class BackingStats:
         nowait_unsupported: fds found not to support RWF_NOWAIT.
         writes: writev calls that issued I/O.
         fsyncs: fsync calls that issued I/O.
+        fallocates: fallocate calls made on backing files (failed ones included).
         bytes_read: bytes read into frames (successful calls).
         bytes_written: bytes written from frames (successful calls).
         injected_failures: I/Os failed by the FaultInjector (no I/O issued).
@@ -212,6 +234,7 @@ class BackingStats:
     nowait_unsupported: int = 0
     writes: int = 0
     fsyncs: int = 0
+    fallocates: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
     injected_failures: int = 0
@@ -294,6 +317,15 @@ def _fsync_blocking(fd: int, datasync: bool) -> int:
             os.fsync(fd)
     except OSError as e:
         return e.errno or errno.EIO
+    return 0
+
+
+def _fallocate_blocking(fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2) ``fd``.  Runs in a worker thread."""
+    if _FALLOCATE is None:
+        return errno.EOPNOTSUPP
+    if _FALLOCATE(fd, mode, offset, length) != 0:
+        return ctypes.get_errno() or errno.EIO
     return 0
 
 
@@ -470,6 +502,32 @@ class BackingIO:
             _fsync_blocking, fd, datasync, limiter=self.limiter, abandon_on_cancel=False
         )
         self.stats.fsyncs += 1
+        if err:
+            self.stats.errors += 1
+        return err
+
+    async def fallocate(self, fd: int, mode: int, offset: int, length: int) -> int:
+        """Allocate, punch or zero ``length`` bytes of the file at ``offset`` with
+        fallocate(2) and its ``FALLOC_FL_*`` ``mode``, in a worker thread; returns an errno
+        (the backing file system's EOPNOTSUPP, ENOSPC, EFBIG... unchanged).
+
+        Only IOKind.FALLOCATE faults apply here.
+
+        => sleeps (unless a fault is injected).
+        """
+        err = self._injected(IOKind.FALLOCATE)
+        if err:
+            return err
+        err = await trio.to_thread.run_sync(
+            _fallocate_blocking,
+            fd,
+            mode,
+            offset,
+            length,
+            limiter=self.limiter,
+            abandon_on_cancel=False,
+        )
+        self.stats.fallocates += 1
         if err:
             self.stats.errors += 1
         return err

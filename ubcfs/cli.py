@@ -10,7 +10,8 @@
     ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]
     ubcfs check MOUNTPOINT
     ubcfs ctl MOUNTPOINT ping
-    ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync ERRNO COUNT
+    ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync|backing-fallocate
+                ERRNO COUNT
 
 This module talks to a running daemon only through the control channel
 (``ubcfs.ctl.client``); it never imports pyfuse3, trio or the VM, so it starts fast and a
@@ -50,7 +51,7 @@ MOUNT_TIMEOUT: Final = 60.0  # seconds for the daemon to report ready
 EXIT_TIMEOUT: Final = 60.0  # seconds for the daemon to exit after unmounting
 CHECK_TIMEOUT: Final = 600.0
 LOG_ROTATE_SIZE: Final = 10 << 20
-INJECT_KINDS: Final = ("backing-write", "backing-read", "backing-fsync")
+INJECT_KINDS: Final = ("backing-write", "backing-read", "backing-fsync", "backing-fallocate")
 WATCH_HEADER_EVERY: Final = 20
 
 

@@ -42,7 +42,7 @@ from pagers.backing_io import IOKind, parse_errno
 from ubcfs import __version__, options
 from ubcfs.ctl.protocol import ProtocolError, arg_int, arg_str, check_keys, socket_path
 from ubcfs.ctl.server import CommandError, ControlServer
-from ubcfs.fuse import Operations, fuse_options
+from ubcfs.fuse import Operations, fallocate_wired, fuse_options
 from ubcfs.options import MountOptions, SetupError, UsageError
 from ubcfs.vfs.backing import BackingNamespace, raise_nofile_limit
 from ubcfs.vfs.engine import Engine, errname
@@ -185,6 +185,12 @@ class Daemon:
             await nursery.start(self._watch_signals)
             self.ready.ok()
             log.info("ubcfs %s serving %s (pid %d)", __version__, self.opts.mountpoint, os.getpid())
+            if not fallocate_wired():
+                log.warning(
+                    "pyfuse3 %s has no fallocate handler: fallocate(2) on the mount fails"
+                    " with EOPNOTSUPP (scripts/setup.sh builds one that has it)",
+                    pyfuse3.__version__,
+                )
             await pyfuse3.main()
             log.info("FUSE loop ended; final write-back")
             self.final_err = await self.ops.final_writeback()
@@ -240,6 +246,8 @@ class Daemon:
             "backing": o.backing,
             "log": self.log_file,
             "stopping": self.stopping,
+            "pyfuse3": pyfuse3.__version__,
+            "fallocate": fallocate_wired(),
             "options": {
                 "memory": o.memory,
                 "page_size": o.page_size,

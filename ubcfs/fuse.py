@@ -33,6 +33,9 @@ Rules:
   written shows its new size.
 * ``open`` receives O_TRUNC (ATOMIC_O_TRUNC) and truncates itself.  ``flush`` and ``fsync``
   are implemented, so errors are never silently dropped.
+* ``fallocate`` reaches us only with the pyfuse3 that scripts/setup.sh builds with
+  scripts/pyfuse3-fallocate.patch (``fallocate_wired()``); with a plain pyfuse3 3.5 libfuse
+  answers ENOSYS and the kernel fails fallocate(2) with EOPNOTSUPP, and nothing else changes.
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ def fuse_options(fsname: str, allow_other: bool) -> set[str]:
     if allow_other:
         opts.add("allow_other")
     return opts
+
+
+def fallocate_wired() -> bool:
+    """Does the running pyfuse3 hand FUSE fallocate requests to ``Operations.fallocate``?"""
+    return bool(getattr(pyfuse3, "FALLOCATE_HANDLER", False))
 
 
 def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -581,6 +589,16 @@ class Operations(pyfuse3.Operations):
             err = await self.engine.fsync(h.vnode)
         else:
             err = await self.engine.io.fsync(h.data_fd, datasync)
+        if err:
+            raise _fail(err)
+
+    @handler
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        h = self._handle(fh)
+        if h.vnode is not None:
+            err = await self.engine.fallocate(h.vnode, mode, offset, length)
+        else:
+            err = await self.engine.io.fallocate(h.data_fd, mode, offset, length)
         if err:
             raise _fail(err)
 

@@ -1,8 +1,8 @@
 """The UBC engine against a plain model: a hypothesis state machine that writes, appends,
-reads, truncates, fsyncs, reopens and injects backing-write failures on two files of a
-64-frame engine, and compares every read with a bytearray per file; the DIAGNOSTIC checker
-runs after every step, and the backing files must equal the model after every successful
-fsync, every reopen and at the end.
+reads, truncates, fallocates (allocates, punches holes, zeroes ranges), fsyncs, reopens and
+injects backing-write failures on two files of a 64-frame engine, and compares every read
+with a bytearray per file; the DIAGNOSTIC checker runs after every step, and the backing
+files must equal the model after every successful fsync, every reopen and at the end.
 
 Hypothesis rules are synchronous and the engine is a set of trio tasks, so the engine runs
 in a trio loop on a thread of its own (``EngineThread``) and each rule calls into it with
@@ -39,6 +39,7 @@ from tests.unit.engine.enginetools import (
 )
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
+from ubcfs.vfs.vnops import FALLOC_MODES
 from ubcfs.vm import audit
 
 T = TypeVar("T")
@@ -164,6 +165,17 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(k=files, delta=st.integers(-3 * PAGE, 3 * PAGE))
     def truncate_near_eof(self, k: int, delta: int) -> None:
         self.truncate(k, max(0, self.models[k].size + delta))
+
+    @rule(k=files, mode=st.sampled_from(sorted(FALLOC_MODES)), offset=offsets, length=lengths)
+    def fallocate(self, k: int, mode: int, offset: int, length: int) -> None:
+        assert self.eng.run(self.engine.fallocate, self.vps[k], mode, offset, length) == 0
+        self.models[k].fallocate(mode, offset, length)
+
+    @rule(k=files, mode=st.sampled_from(sorted(FALLOC_MODES)), offset=offsets)
+    def fallocate_near_eof(self, k: int, mode: int, offset: int) -> None:
+        """A range that starts before EOF and ends past it: the EOF page's cases."""
+        start = max(0, self.models[k].size - offset % (3 * PAGE))
+        self.fallocate(k, mode, start, offset % (5 * PAGE) + 1)
 
     # --- write-back -----------------------------------------------------------------------
 

@@ -249,6 +249,9 @@ class Engine:
     async def fsync(self, vp: Vnode) -> int:
         return await vnops.vop_fsync(vp)
 
+    async def fallocate(self, vp: Vnode, mode: int, offset: int, length: int) -> int:
+        return await vnops.vop_fallocate(vp, mode, offset, length)
+
 
 @contextmanager
 def _prompt_io_threads() -> Iterator[None]:

@@ -1,6 +1,6 @@
-"""Vnode operations on the UBC engine: read, write, setsize (truncate) and fsync
+"""Vnode operations on the UBC engine: read, write, setsize (truncate), fallocate and fsync
 (~ ufs_readwrite.c: ffs_read/ffs_write; uvm_vnode.c: uvm_vnp_setsize, uvm_vnp_zerorange;
-genfs_vnops.c/ffs_vnops.c: fsync).
+genfs_vnops.c/ffs_vnops.c: fsync; Linux fallocate(2) as ext4 does it).
 
 Every byte of file data moves through ``Ubc.ubc_read``/``Ubc.ubc_write``.  Each operation
 returns an errno (0 = success), never raises for expected failures.
@@ -11,6 +11,13 @@ fills them); the partial pages at either edge and any overwrite of existing data
 slow path (the window fault reads or zero-fills them).  The new size is published only after
 the copy, so readers never see pages being filled.  If the copy fails, the file is truncated
 back to its old size, which frees the new pages.
+
+fallocate allocates on the backing file (the size following the engine's, as ext4's
+would), or punches or zeroes a range: the resident pages of the range are held busy across
+the backing file's punch, so that no write-back -- the pagedaemon's included -- can put their
+old contents back over the hole; once the backing file system has done it, the pages wholly
+inside the range are freed unwritten and the partial pages at its ends zeroed where the range
+covers them.  A refusal of the backing file system (EOPNOTSUPP, ENOSPC) changes nothing.
 """
 
 from __future__ import annotations
@@ -19,23 +26,52 @@ import errno
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from genfs.io import putpages
 from pagers.vnode import is_dirty
 from ubcfs.vfs.backing import futimens_empty
+from ubcfs.vm.page import (
+    PG_BUSY,
+    PG_RELEASED,
+    page_unbusy_many,
+    pagebusy,
+    pagewait,
+)
 from ubcfs.vm.pager import PGO_ALLPAGES, PGO_CLEANIT, PGO_FREE, PGO_SYNCIO
 from ubcfs.vm.ubc import UBC_FAULTBUSY, Uio
 
 if TYPE_CHECKING:
     from ubcfs.vfs.vnode import Vnode
+    from ubcfs.vm.page import VmPage
     from ubcfs.vm.ubc import Ubc
 
 log = logging.getLogger(__name__)
 
 MAX_FILE_SIZE = 1 << 62
+
+# fallocate(2) modes (linux/falloc.h).
+FALLOC_FL_KEEP_SIZE: Final = 0x01
+FALLOC_FL_PUNCH_HOLE: Final = 0x02
+FALLOC_FL_NO_HIDE_STALE: Final = 0x04
+FALLOC_FL_COLLAPSE_RANGE: Final = 0x08
+FALLOC_FL_ZERO_RANGE: Final = 0x10
+FALLOC_FL_INSERT_RANGE: Final = 0x20
+FALLOC_FL_UNSHARE_RANGE: Final = 0x40
+# The modes vop_fallocate does; any other is EOPNOTSUPP, as from a file system without it
+# (Linux itself refuses a punch without KEEP_SIZE so).
+FALLOC_MODES: Final = frozenset(
+    {
+        0,
+        FALLOC_FL_KEEP_SIZE,
+        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        FALLOC_FL_ZERO_RANGE,
+        FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+    }
+)
+_FALLOC_CLEARS: Final = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
 FSYNC_PASSES = 16  # rounds of "write what is dirty" before fsync gives up on a busy writer
 
 
@@ -186,6 +222,145 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     await vp.wait_output()
     uvm.pages_freed()
     return await _ftruncate(vp.fd, newsize)
+
+
+async def vop_fallocate(vp: Vnode, mode: int, offset: int, length: int) -> int:
+    """Allocate, punch or zero ``length`` bytes of a file at ``offset`` (kernel: Linux
+    fallocate(2), with ext4's semantics).
+
+    Args:
+        vp: the file.
+        mode: 0 or FALLOC_FL_KEEP_SIZE: allocate the range on the backing file, data
+            unchanged; FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: deallocate it, it reads
+            zeroes; FALLOC_FL_ZERO_RANGE, with or without FALLOC_FL_KEEP_SIZE: it reads
+            zeroes, allocated.  Without KEEP_SIZE a range past EOF extends the file to its
+            end; with it the size stays and the blocks past EOF are allocated all the same.
+        offset, length: the range.
+
+    Returns:
+        0; EINVAL for a negative offset or a length <= 0, then EOPNOTSUPP for any other mode,
+        then EFBIG for a range ending past MAX_FILE_SIZE (the order Linux checks them in); or
+        the backing file system's errno (EOPNOTSUPP, ENOSPC, EFBIG...), in which case neither
+        the file's pages nor its size have changed.
+
+    => takes the vnode lock exclusive.  => may sleep.
+    """
+    if offset < 0 or length <= 0:
+        return errno.EINVAL
+    if mode not in FALLOC_MODES:
+        return errno.EOPNOTSUPP
+    end = offset + length
+    if end > MAX_FILE_SIZE:
+        return errno.EFBIG
+    exp = vp.uvm.uvmexp
+    async with vp.lock.exclusive:
+        if mode & _FALLOC_CLEARS:
+            err = await _clear_range(vp, mode, offset, length)
+        else:
+            err = await vp.io.fallocate(vp.fd, mode, offset, length)
+        if err:
+            exp.falloc_failed += 1
+            return err
+        vp.unsynced = True
+        if not mode & FALLOC_FL_KEEP_SIZE and end > vp.size:
+            vp.size = vp.writesize = end  # as ext4: mode 0 and ZERO_RANGE extend the file
+            vp.touch()
+        elif mode & _FALLOC_CLEARS:
+            vp.touch()
+        else:
+            vp.changed()  # blocks allocated, data unchanged: ctime only, as ext4
+        exp.fallocs += 1
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            exp.falloc_punches += 1
+        elif mode & FALLOC_FL_ZERO_RANGE:
+            exp.falloc_zero_ranges += 1
+    return 0
+
+
+async def _clear_range(vp: Vnode, mode: int, offset: int, length: int) -> int:
+    """The page-cache side of a punch or zero range around the backing file's own.
+
+    The resident pages of the range are taken busy first, each once its I/O in flight is
+    done: while they are busy nobody can write them back (the pagedaemon and putpages skip
+    or wait for busy pages), so neither a dirty page nor one that was being paged out can put
+    its old contents over the hole after the backing file system made it.  Then the backing
+    file does the operation; if it refuses, the pages are let go untouched.  Otherwise the
+    pages wholly inside the range are freed, unwritten, and the partial pages at its ends
+    have the covered part zeroed in their frames while still busy (going through the UBC
+    would need them unbusy, and a pageout could then write their old bytes over the hole).
+    Their clean/dirty state is kept: the backing file now holds zeroes there too.
+
+    => the vnode lock is held exclusive.  => may sleep.
+    """
+    uvm = vp.uvm
+    ps = uvm.page_size
+    end = offset + length
+    # The part of the range the cache can hold: up to EOF.  The bytes of the last page past
+    # EOF are zeroes already, so a range that reaches EOF covers that page to its end.
+    hi = end if end < vp.size else -(-vp.size // ps) * ps
+    held = await _busy_resident(vp, offset - offset % ps, hi) if offset < hi else []
+    try:
+        err = await vp.io.fallocate(vp.fd, mode, offset, length)
+    except BaseException:
+        page_unbusy_many(uvm, held)
+        raise
+    if err:
+        page_unbusy_many(uvm, held)
+        return err
+    exp = uvm.uvmexp
+    freed = 0
+    for pg in held:
+        lo = max(offset, pg.offset) - pg.offset
+        top = min(hi, pg.offset + ps) - pg.offset
+        if lo == 0 and top == ps:
+            pg.flags |= PG_RELEASED  # unbusying frees it, every mapping removed
+            freed += 1
+        else:
+            uvm.physmem.zero_range(pg.phys_addr, lo, top)
+            exp.punch_edge_pages += 1
+    page_unbusy_many(uvm, held)
+    exp.punched_pages += freed
+    if freed:
+        uvm.pages_freed()
+    return 0
+
+
+async def _busy_resident(vp: Vnode, start: int, end: int) -> list[VmPage]:
+    """Busy the resident pages of [start, end) for the caller, sleeping on busy ones until
+    their holders are done (kernel: uvn_findpages with UFP_NOALLOC, over the resident pages
+    rather than every offset, so a huge range costs what is resident in it).
+
+    Returns them in ascending offset order.  Holding some while sleeping on another cannot
+    deadlock: with the vnode lock exclusive, the only other holders of this file's busy pages
+    are I/Os in flight, which finish without waiting for pages.  For the same reason no page
+    can appear in the range meanwhile (only readers and writers allocate); a second look
+    confirms it, and would take any that did.
+
+    => the vnode lock is held exclusive.  => may sleep.
+    """
+    uvm = vp.uvm
+    uobj = vp.uobj
+    held: list[VmPage] = []
+    mine: set[int] = set()
+    try:
+        while True:
+            todo = [pg.offset for pg in uobj.pages_in_range(start, end) if pg.offset not in mine]
+            if not todo:
+                break
+            for off in todo:
+                while (pg := uobj.pages.get(off)) is not None:
+                    if not pg.flags & PG_BUSY:
+                        pagebusy(uvm, pg, "fallocate")
+                        held.append(pg)
+                        mine.add(off)
+                        break
+                    # Its I/O ends, then look it up again: it may be freed, or back dirty.
+                    await pagewait(uvm, pg, "fallocate")
+    except BaseException:
+        page_unbusy_many(uvm, held)
+        raise
+    held.sort(key=lambda pg: pg.offset)
+    return held
 
 
 async def _ftruncate(fd: int, size: int) -> int:

@@ -107,6 +107,13 @@ class Uvmexp:
     putpages_scanned: int = 0  # pages putpages looked at (cleaning visits the dirty set only)
     write_errors: int = 0  # failed backing writes (pages stay dirty)
     read_errors: int = 0  # failed backing reads
+    # --- fallocate (ubcfs.vfs.vnops.vop_fallocate) ---
+    fallocs: int = 0  # fallocate requests done, any mode
+    falloc_punches: int = 0  # ... of which FALLOC_FL_PUNCH_HOLE
+    falloc_zero_ranges: int = 0  # ... of which FALLOC_FL_ZERO_RANGE
+    falloc_failed: int = 0  # fallocate requests the backing file system refused
+    punched_pages: int = 0  # resident pages freed, unwritten, by a punch or zero range
+    punch_edge_pages: int = 0  # partial pages at a punched or zeroed range's ends, zeroed
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

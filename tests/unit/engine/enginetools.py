@@ -19,6 +19,7 @@ from pagers.vnode import is_dirty
 from tests.vmtools import SMALL_PAGES
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
+from ubcfs.vfs.vnops import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from ubcfs.vm import audit
 from ubcfs.vm.page import PG_BUSY, PG_FAKE, PQ_FREE, VmPage
 
@@ -92,6 +93,18 @@ class FileModel:
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.data[offset : offset + length])
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """What fallocate(2) with ``mode`` does to the contents (the supported modes only):
+        without KEEP_SIZE a range past EOF extends the file with zeroes; PUNCH_HOLE and
+        ZERO_RANGE make the part of the range inside the file zeroes."""
+        end = offset + length
+        if not mode & FALLOC_FL_KEEP_SIZE and end > self.size:
+            self.truncate(end)
+        if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            hi = min(end, self.size)
+            if offset < hi:
+                self.data[offset:hi] = bytes(hi - offset)
 
     @property
     def size(self) -> int:
@@ -209,8 +222,8 @@ class Gate:
 
 
 class GatedIO(BackingIO):
-    """A ``BackingIO`` whose next matching read or write can be held at a ``Gate``, and that
-    counts the I/Os it was asked for (injected failures included)."""
+    """A ``BackingIO`` whose next matching read or write, or next fallocate, can be held at a
+    ``Gate``, and that counts the I/Os it was asked for (injected failures included)."""
 
     def __init__(self, injector: FaultInjector, nowait: bool = True) -> None:
         super().__init__(injector, trio.CapacityLimiter(8), nowait=nowait)
@@ -220,6 +233,8 @@ class GatedIO(BackingIO):
         self.write_calls: list[tuple[int, int]] = []
         self.writes_stopped: trio.Event | None = None  # every write waits until it is set
         self.writes_held = 0
+        self.fallocate_gate: Gate | None = None
+        self.fallocate_calls: list[tuple[int, int, int]] = []  # (mode, offset, length)
 
     def gate_write(self, offset: int | None = None, snapshot: bool = False) -> Gate:
         """Hold the next write (covering ``offset``, if given) at a new gate."""
@@ -230,6 +245,11 @@ class GatedIO(BackingIO):
         """Hold every backing write from now on until the returned event is set."""
         self.writes_stopped = trio.Event()
         return self.writes_stopped
+
+    def gate_fallocate(self) -> Gate:
+        """Hold the next fallocate of a backing file at a new gate."""
+        self.fallocate_gate = Gate()
+        return self.fallocate_gate
 
     def gate_read(self, offset: int | None = None) -> Gate:
         """Hold the next read (covering ``offset``, if given) at a new gate."""
@@ -258,3 +278,11 @@ class GatedIO(BackingIO):
             await stopped.wait()
             self.writes_held -= 1
         return await super().writev(fd, views, offset)
+
+    async def fallocate(self, fd: int, mode: int, offset: int, length: int) -> int:
+        self.fallocate_calls.append((mode, offset, length))
+        gate = self.fallocate_gate
+        if gate is not None:
+            self.fallocate_gate = None
+            await gate.hold([], offset)
+        return await super().fallocate(fd, mode, offset, length)

@@ -27,6 +27,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pagers import backing_io
 from pagers.backing_io import (
     IOV_MAX,
     RWF_NOWAIT,
@@ -756,6 +757,76 @@ async def test_fsync_error_is_an_errno(tmp_path: Path) -> None:
     assert bio.stats.errors == 1
 
 
+# --- fallocate -----------------------------------------------------------------------------
+
+KEEP_SIZE = 0x01
+PUNCH_HOLE = 0x02
+COLLAPSE_RANGE = 0x08
+UNKNOWN_MODE = 0x4000  # no such FALLOC_FL_* flag
+
+
+async def test_fallocate_keep_size_and_mode_0(make_file: MakeFile) -> None:
+    """KEEP_SIZE allocates past EOF without growing the file; mode 0 grows it."""
+    fd = make_file(b"x" * 100)
+    bio = BackingIO()
+    assert await bio.fallocate(fd, KEEP_SIZE, 0, 64 * PAGE) == 0
+    st = os.fstat(fd)
+    assert st.st_size == 100
+    assert st.st_blocks * 512 >= 64 * PAGE
+    assert await bio.fallocate(fd, 0, 0, 3 * PAGE + 5) == 0
+    assert os.fstat(fd).st_size == 3 * PAGE + 5
+    assert os.pread(fd, 200, 0) == b"x" * 100 + bytes(100)
+    assert (bio.stats.fallocates, bio.stats.errors) == (2, 0)
+
+
+async def test_fallocate_punch_hole(make_file: MakeFile) -> None:
+    data = randbytes(4 * PAGE)
+    fd = make_file(data)
+    os.fsync(fd)
+    bio = BackingIO()
+    assert await bio.fallocate(fd, PUNCH_HOLE | KEEP_SIZE, PAGE, 2 * PAGE) == 0
+    assert os.fstat(fd).st_size == 4 * PAGE
+    assert os.pread(fd, 4 * PAGE, 0) == data[:PAGE] + bytes(2 * PAGE) + data[3 * PAGE :]
+    assert os.lseek(fd, 0, os.SEEK_HOLE) == PAGE
+
+
+async def test_fallocate_runs_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[bool] = []
+
+    def fake(fd: int, mode: int, offset: int, length: int) -> int:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return 0
+
+    monkeypatch.setattr(backing_io, "_FALLOCATE", fake)
+    assert await BackingIO().fallocate(3, 0, 0, PAGE) == 0
+    assert threads == [False]
+
+
+async def test_fallocate_errors_are_the_file_systems(make_file: MakeFile, tmp_path: Path) -> None:
+    """The backing file system's own errno comes back: nothing is emulated or retried."""
+    fd = make_file(randbytes(PAGE))
+    bio = BackingIO()
+    assert await bio.fallocate(fd, UNKNOWN_MODE, 0, PAGE) == errno.EOPNOTSUPP
+    assert await bio.fallocate(fd, PUNCH_HOLE, 0, PAGE) == errno.EOPNOTSUPP  # no KEEP_SIZE
+    assert await bio.fallocate(fd, COLLAPSE_RANGE, 1, PAGE) == errno.EINVAL  # unaligned
+    assert await bio.fallocate(fd, 0, -1, PAGE) == errno.EINVAL
+    assert await bio.fallocate(closed_fd(tmp_path), 0, 0, PAGE) == errno.EBADF
+    assert await bio.fallocate(fd, 0, 0, 1 << 62) in (errno.EFBIG, errno.ENOSPC)
+    assert bio.stats.errors == bio.stats.fallocates == 6
+    assert os.pread(fd, PAGE, 0) == randbytes(PAGE)
+
+
+async def test_injected_fallocate_fault(make_file: MakeFile) -> None:
+    fd = make_file(b"")
+    bio = BackingIO()
+    bio.injector.arm(IOKind.FALLOCATE, errno.ENOSPC, 1)
+    assert await bio.fallocate(fd, 0, 0, PAGE) == errno.ENOSPC
+    assert os.fstat(fd).st_size == 0  # not issued
+    assert await bio.fallocate(fd, 0, 0, PAGE) == 0
+    assert os.fstat(fd).st_size == PAGE
+    assert (bio.stats.injected_failures, bio.stats.fallocates) == (1, 1)
+
+
 # --- fault injection ---------------------------------------------------------------------------
 
 
@@ -820,6 +891,7 @@ async def test_kinds_are_independent(
             IOKind.READ: (await bio.readv(fd, views, 0))[0],
             IOKind.WRITE: (await bio.writev(fd, views, 0))[0],
             IOKind.FSYNC: await bio.fsync(fd),
+            IOKind.FALLOCATE: await bio.fallocate(fd, KEEP_SIZE, 0, PAGE),
         }
         assert failed == {k: errno.EIO if k is kind else 0 for k in IOKind}
 
@@ -873,7 +945,12 @@ def test_arm_validation(err: object, count: object, match: str) -> None:
 
 
 def test_iokind_names() -> None:
-    assert [k.value for k in IOKind] == ["backing-read", "backing-write", "backing-fsync"]
+    assert [k.value for k in IOKind] == [
+        "backing-read",
+        "backing-write",
+        "backing-fsync",
+        "backing-fallocate",
+    ]
     assert IOKind.parse("backing-write") is IOKind.WRITE
     with pytest.raises(ValueError, match=r"unknown backing I/O kind 'swap-write' \(expected "):
         IOKind.parse("swap-write")
