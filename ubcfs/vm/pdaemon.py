@@ -24,6 +24,14 @@ being woken by nearly every allocation below the target:
   active pages referenced since the last visit another round (the early-2001 behaviour the
   seed describes); 1.39's behaviour (False) is the default.
 
+* **failing write-back** (``ubcfs.vm.wbfail``): a dirty page whose file's writes keep
+  failing and whose retry time has not come is reactivated, not written (``wb_deferred``).
+  A pass that freed nothing and had to leave such pages ends there, and the daemon sleeps
+  until the earliest retry time (at most ``HOLD_MAX``), or until a failing file's write
+  succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick it would only
+  make it meet the same pages again.  So a store that keeps failing costs one write per file
+  per backoff period, not a busy loop.
+
 The scan awaits only inside ``pgo_put``; the next page is looked up again after it, and the
 scan restarts from the head when that page left the queue meanwhile.  The daemon never
 sleeps on a busy page and never allocates, so it cannot deadlock with the tasks it serves;
@@ -33,7 +41,8 @@ sleepers in ``uvm_wait`` are woken after each pass and after each I/O completion
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+import math
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -53,6 +62,10 @@ if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
 
 log = logging.getLogger(__name__)
+
+# The longest the daemon sleeps, ignoring kicks, when every page it could reclaim is dirty
+# and waits for its file's write-back retry time: new clean pages (a reader's) may appear.
+HOLD_MAX: Final = 1.0
 
 
 class SwapOut(Protocol):
@@ -93,6 +106,7 @@ class ClockPolicy:
         uvm = daemon.uvm
         exp = uvm.uvmexp
         ps = uvm.page_size
+        wbf = uvm.wbfail
         queue = uvm.inactive
         progress = 0
         budget = 2 * queue.count + 16  # bound one pass, even if the queue is refilled
@@ -128,6 +142,17 @@ class ClockPolicy:
                         pagefree(uvm, pg)
                         exp.pdfreed += 1
                         progress += 1
+                        pg = nxt
+                        continue
+                if wbf.objects:
+                    retry_at = wbf.backoff(uobj, trio.current_time())
+                    if retry_at:
+                        # Dirty, and its file's write-back fails and waits for its retry
+                        # time: writing it now would only fail again.  Keep it (reactivated)
+                        # and note when the file may be tried again.
+                        pageactivate(uvm, pg)
+                        exp.wb_deferred += 1
+                        daemon.retry_at = min(daemon.retry_at, retry_at)
                         pg = nxt
                         continue
                 before = exp.free + exp.paging
@@ -191,6 +216,10 @@ class Pagedaemon:
         self.swap: SwapOut | None = None
         self._wake = trio.Event()
         self._scanning = False
+        # The earliest retry time of the dirty pages the current pass had to leave because
+        # their file's write-back is failing (inf: none), and whether the pass freed any.
+        self.retry_at = math.inf
+        self.freed_any = False
 
     def wakeup(self) -> None:
         """Wake the daemon (kernel: wakeup(&uvm.pagedaemon)); cheap when already awake."""
@@ -215,7 +244,10 @@ class Pagedaemon:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 uvm.uvmexp.pdwoke += 1
-                if await self.pass_():
+                progress = await self.pass_()
+                if not self.freed_any and self.retry_at < math.inf:
+                    await self._hold(self.retry_at)
+                elif progress:
                     uvm.pages_freed()
                 # Without progress the sleepers are woken by I/O completions (or their
                 # timeout), not here: waking them only to fail again would spin.
@@ -225,10 +257,16 @@ class Pagedaemon:
 
     async def pass_(self) -> bool:
         """Scan until memory is no longer short or a scan makes no progress; return whether
-        any page was freed, put under pageout or deactivated."""
+        any page was freed, put under pageout or deactivated.
+
+        => sets ``freed_any`` and ``retry_at`` (the earliest retry time of dirty pages left
+           for their file's write-back backoff; inf if none).
+        """
         uvm = self.uvm
         exp = uvm.uvmexp
         progress = False
+        self.retry_at = math.inf
+        self.freed_any = False
         if self._scanning:
             return False
         self._scanning = True
@@ -244,8 +282,24 @@ class Pagedaemon:
                     break
                 progress = True
                 if freed:
+                    self.freed_any = True
                     uvm.pages_freed()
+                elif self.retry_at < math.inf:
+                    # Nothing freed and pages left for their retry time: another round now
+                    # would meet the same pages (the deactivated ones cycle back).
+                    break
                 await trio.lowlevel.checkpoint()
         finally:
             self._scanning = False
         return progress
+
+    async def _hold(self, until: float) -> None:
+        """Sleep until ``until`` (the earliest retry time of a failing file), at most
+        ``HOLD_MAX`` seconds, or until a failing file's write succeeds -- whatever kicks come
+        meanwhile: a pass before then would meet the same unwritable pages and free nothing.
+        Kicks are not lost: ``_wake`` stays set for the next pass."""
+        uvm = self.uvm
+        uvm.uvmexp.pdholds += 1
+        changed = uvm.wbfail.change_event()
+        with trio.move_on_at(min(until, trio.current_time() + HOLD_MAX)):
+            await changed.wait()
