@@ -132,6 +132,7 @@ class Daemon:
                 page_size=opts.page_size,
                 params=GenfsParams(fastpath=opts.extend_fastpath),
                 populate=True,
+                writeback_timeout=opts.writeback_timeout,
             )
         except (ValueError, MemoryError, OSError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")
@@ -247,6 +248,7 @@ class Daemon:
                 "extend_fastpath": o.extend_fastpath,
                 "allow_other": o.allow_other,
                 "default_store": o.default_store,
+                "writeback_timeout": o.writeback_timeout,
             },
             "injected": {
                 kind: {"errno": errname(err), "count": n}

@@ -37,6 +37,8 @@ MIN_PAGE_SIZE: Final = 512  # the VM core's limits (ubcfs.vm.param), repeated he
 MAX_PAGE_SIZE: Final = 65536  # the CLI must not import the VM
 MIN_PAGES: Final = 64
 MAX_SIZE: Final = 1 << 60
+DEFAULT_WRITEBACK_TIMEOUT: Final = 30.0  # seconds (ubcfs.vm.wbfail.DEFAULT_TIMEOUT)
+MAX_WRITEBACK_TIMEOUT: Final = 86400.0
 FUSE_DEVICE: Final = "/dev/fuse"
 
 _SIZE_RE: Final = re.compile(r"([0-9]+)([KMGT]?)", re.IGNORECASE)
@@ -127,6 +129,8 @@ class MountOptions:
         allow_other: let other users in (``-o allow_other``).
         foreground: run the daemon in the foreground.
         debug: verbose logging.
+        writeback_timeout: seconds a writer waits for memory held by pages that cannot be
+            written before it gets the backing store's error.
     """
 
     mountpoint: str
@@ -142,6 +146,7 @@ class MountOptions:
     allow_other: bool = False
     foreground: bool = False
     debug: bool = False
+    writeback_timeout: float = DEFAULT_WRITEBACK_TIMEOUT
 
     def daemon_argv(self) -> list[str]:
         """The arguments that make ``python -m ubcfs.daemon`` run exactly these options
@@ -159,6 +164,8 @@ class MountOptions:
             str(self.swap),
             "--page-size",
             str(self.page_size),
+            "--writeback-timeout",
+            repr(self.writeback_timeout),
         ]
         if self.swap_file is not None:
             argv += ["--swap-file", self.swap_file]
@@ -211,6 +218,13 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="turn off the extending-write fast path",
     )
+    parser.add_argument(
+        "--writeback-timeout",
+        metavar="SECONDS",
+        default=None,
+        help="how long a writer waits for memory held by pages that cannot be written before"
+        " it gets the backing store's error (default 30)",
+    )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
         "--foreground", action="store_true", help="run the daemon in the foreground"
@@ -249,6 +263,9 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         if not ns.swap_file:
             raise UsageError("--swap-file must not be empty")
         swap_file = os.path.abspath(ns.swap_file)
+    writeback_timeout = DEFAULT_WRITEBACK_TIMEOUT
+    if ns.writeback_timeout is not None:
+        writeback_timeout = parse_seconds(ns.writeback_timeout, "--writeback-timeout")
     backing = None
     if ns.backing is not None:
         if not ns.backing:
@@ -266,7 +283,26 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         allow_other=ns.allow_other,
         foreground=ns.foreground,
         debug=ns.debug,
+        writeback_timeout=writeback_timeout,
     )
+
+
+def parse_seconds(text: str, what: str) -> float:
+    """A positive number of seconds (``"30"``, ``"0.5"``), at most a day.
+
+    Raises:
+        UsageError: naming ``what`` and the bad text (also for nan and inf).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_WRITEBACK_TIMEOUT:
+        raise UsageError(
+            f"{what}: expected a positive number of seconds up to"
+            f" {MAX_WRITEBACK_TIMEOUT:g}, got {text!r}"
+        )
+    return value
 
 
 def check_memory(memory: int, page_size: int) -> None:
