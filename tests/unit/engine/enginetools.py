@@ -32,6 +32,7 @@ def new_engine(
     params: GenfsParams | None = None,
     nowait: bool = True,
     test_reference: bool = False,
+    writeback_timeout: float = 30.0,
 ) -> Engine:
     """A small engine (64 frames of 4 KiB by default) whose backing I/O can be gated.
 
@@ -46,6 +47,7 @@ def new_engine(
         params=params,
         nowait=nowait,
         test_reference=test_reference,
+        writeback_timeout=writeback_timeout,
     )
     eng.io = GatedIO(eng.injector, nowait=nowait)
     return eng
@@ -220,6 +222,7 @@ class GatedIO(BackingIO):
         self.write_calls: list[tuple[int, int]] = []
         self.writes_stopped: trio.Event | None = None  # every write waits until it is set
         self.writes_held = 0
+        self.write_times: list[float] = []  # trio.current_time() of each write asked for
 
     def gate_write(self, offset: int | None = None, snapshot: bool = False) -> Gate:
         """Hold the next write (covering ``offset``, if given) at a new gate."""
@@ -248,6 +251,7 @@ class GatedIO(BackingIO):
     async def writev(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
         nbytes = sum(map(len, views))
         self.write_calls.append((offset, nbytes))
+        self.write_times.append(trio.current_time())
         gate = self.write_gate
         if gate is not None and gate.matches(offset, nbytes):
             self.write_gate = None
