@@ -25,8 +25,9 @@ being woken by nearly every allocation below the target:
   seed describes); 1.39's behaviour (False) is the default.
 
 * **failing write-back** (``ubcfs.vm.wbfail``): a dirty page whose file's writes keep
-  failing and whose retry time has not come is reactivated, not written (``wb_deferred``).
-  A pass that freed nothing and had to leave such pages ends there, and the daemon sleeps
+  failing and whose retry time has not come is reactivated, not written (``wb_deferred``),
+  and the active scan leaves such pages active, so the inactive queue fills with pages that
+  can go.  A pass that freed nothing and had to leave such pages ends there, and the daemon sleeps
   until the earliest retry time (at most ``HOLD_MAX``), or until a failing file's write
   succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick it would only
   make it meet the same pages again.  So a store that keeps failing costs one write per file
@@ -56,7 +57,12 @@ from ubcfs.vm.page import (
     pagefree,
 )
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
-from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_modified, pmap_page_protect
+from ubcfs.vm.pmap import (
+    MD_MODIFIED,
+    pmap_clear_reference,
+    pmap_is_modified,
+    pmap_page_protect,
+)
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
@@ -182,6 +188,8 @@ class ClockPolicy:
         uvmpd_scan); return the number of pages deactivated."""
         uvm = daemon.uvm
         exp = uvm.uvmexp
+        stuck = uvm.wbfail.objects
+        now = trio.current_time() if stuck else 0.0
         shortage = exp.inactarg - exp.inactive
         moved = 0
         budget = uvm.active.count
@@ -192,6 +200,15 @@ class ClockPolicy:
             if pg.flags & PG_BUSY:
                 pg = nxt
                 continue
+            if stuck and pg.uobject in stuck and _is_dirty(pg):
+                retry_at = uvm.wbfail.backoff(pg.uobject, now)
+                if retry_at:
+                    # Its file's write-back fails and waits for its retry time: leave it
+                    # active, so that the inactive queue fills with pages that can go.
+                    daemon.retry_at = min(daemon.retry_at, retry_at)
+                    exp.wb_deferred += 1
+                    pg = nxt
+                    continue
             if pmap_clear_reference(pg) and self.test_reference:
                 pageactivate(uvm, pg)  # referenced since the last visit: another round
             else:
@@ -201,6 +218,11 @@ class ClockPolicy:
                 moved += 1
             pg = nxt
         return moved
+
+
+def _is_dirty(pg: VmPage) -> bool:
+    """PG_CLEAN clear, or modified through a mapping since it was cleaned."""
+    return not pg.flags & PG_CLEAN or bool(pg.mdattrs & MD_MODIFIED)
 
 
 class Pagedaemon:
