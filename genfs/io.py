@@ -23,7 +23,12 @@ PG_RELEASED otherwise; the write's completion frees them.
 Errors are errno values.  A read error frees the pages that were being filled and leaves
 valid pages alone.  A write error leaves every page of the cluster dirty (and on a queue) for
 a later retry -- ubcfs's deliberate deviation from the kernel, which treats a permanent write
-error as data loss: here nothing is ever dropped, and ``fsync`` reports the error.
+error as data loss: here nothing is ever dropped, and ``fsync`` reports the error.  The
+completion reports each outcome to the machine's ``wbfail`` registry: background cleaning
+(the pagedaemon, write-behind: no PGO_SYNCIO) of a file whose writes fail waits for the
+file's retry time, with a backoff that doubles per retry; explicit cleaning (PGO_SYNCIO)
+always writes.  ``getpages`` waits for memory at most ``--writeback-timeout`` seconds while
+write-back fails, then returns the store's errno.
 
 Awaits and atomicity: between two ``await``s a task owns all VM state.  Every ``await`` in
 this module is made while the pages it concerns are PG_BUSY, and everything looked up before
