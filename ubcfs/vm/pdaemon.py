@@ -27,11 +27,11 @@ being woken by nearly every allocation below the target:
 * **failing write-back** (``ubcfs.vm.wbfail``): a dirty page whose file's writes keep
   failing and whose retry time has not come is reactivated, not written (``wb_deferred``),
   and the active scan leaves such pages active, so the inactive queue fills with pages that
-  can go.  A pass that freed nothing and had to leave such pages ends there, and the daemon sleeps
-  until the earliest retry time (at most ``HOLD_MAX``), or until a failing file's write
-  succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick it would only
-  make it meet the same pages again.  So a store that keeps failing costs one write per file
-  per backoff period, not a busy loop.
+  can go.  A pass that freed nothing and had to leave such pages ends there, and the daemon
+  sleeps until the earliest retry time (at most ``HOLD_MAX``), or until a failing file's
+  write succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick it would
+  only make it meet the same pages again.  So a store that keeps failing costs one write per
+  file per backoff period, not a busy loop.
 
 The scan awaits only inside ``pgo_put``; the next page is looked up again after it, and the
 scan restarts from the head when that page left the queue meanwhile.  The daemon never

@@ -330,3 +330,42 @@ async def test_clean_pages_are_still_reclaimed_while_a_file_backs_off(tmp_path: 
         for v in (tv, cv, sv):
             assert await eng.release(v) == 0
     assert_backing_matches(stuck, model)
+
+
+@pytest.mark.timeout(120)
+async def test_window_fault_waiting_for_pv_entries_is_bounded_too(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A UBC window fault whose pmap_enter finds no pv entry waits for memory and retries
+    (ERESTART); while some file's write-back fails, that loop too ends after
+    --writeback-timeout with the store's errno instead of going on forever."""
+    path, stuck = tmp_path / "f", tmp_path / "stuck"
+    path.write_bytes(pattern(7, 4 * PAGE))
+    async with new_engine(writeback_timeout=2.0).running() as eng:
+        uvm = eng.uvm
+        sv = await eng.open(str(stuck))
+        vp = await eng.open(str(path))
+        eng.injector.arm(IOKind.WRITE, errno.EIO, FOREVER)
+        assert await eng.write(sv, 0, b"x" * PAGE) == (0, PAGE)
+        assert await eng.fsync(sv) == errno.EIO
+        assert uvm.wbfail.failing()
+        retries = uvm.uvmexp.canfail_retries
+        saved, uvm.pv_free = uvm.pv_free, 0  # the pv pool runs dry (memory is not short)
+        try:
+            started = trio.current_time()
+            err, got = await eng.read(vp, 0, 4 * PAGE)
+            took = trio.current_time() - started
+        finally:
+            uvm.pv_free += saved
+        assert (err, bytes(got)) == (errno.EIO, b"")
+        assert 2.0 <= took <= 2.0 + HOLD_MAX + 1
+        assert uvm.uvmexp.canfail_retries - retries >= 2.0 / pager.UVM_WAIT_TIMEOUT
+        real_time(autojump_clock)
+        eng.injector.arm(IOKind.WRITE, errno.EIO, 0)
+        err, got = await eng.read(vp, 0, 4 * PAGE)
+        assert (err, bytes(got)) == (0, path.read_bytes())
+        assert await eng.fsync(sv) in (0, errno.EIO)
+        assert await eng.fsync(sv) == 0
+        assert_sound(eng)
+        assert await eng.release(vp) == 0
+        assert await eng.release(sv) == 0
