@@ -23,7 +23,12 @@ PG_RELEASED otherwise; the write's completion frees them.
 Errors are errno values.  A read error frees the pages that were being filled and leaves
 valid pages alone.  A write error leaves every page of the cluster dirty (and on a queue) for
 a later retry -- ubcfs's deliberate deviation from the kernel, which treats a permanent write
-error as data loss: here nothing is ever dropped, and ``fsync`` reports the error.
+error as data loss: here nothing is ever dropped, and ``fsync`` reports the error.  The
+completion reports each outcome to the machine's ``wbfail`` registry: background cleaning
+(the pagedaemon, write-behind: no PGO_SYNCIO) of a file whose writes fail waits for the
+file's retry time, with a backoff that doubles per retry; explicit cleaning (PGO_SYNCIO)
+always writes.  ``getpages`` waits for memory at most ``--writeback-timeout`` seconds while
+write-back fails, then returns the store's errno.
 
 Awaits and atomicity: between two ``await``s a task owns all VM state.  Every ``await`` in
 this module is made while the pages it concerns are PG_BUSY, and everything looked up before
@@ -34,7 +39,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+import trio
 
 from pagers.vnode import (
     findpages,
@@ -113,7 +120,8 @@ async def getpages(
         (0, pages) -- pages busy, owned by the caller, valid unless PGO_OVERWRITE; or
         (EINVAL, []) when the first page lies at or beyond EOF (without PGO_PASTEOF);
         (EBUSY, []) with PGO_LOCKED when the first page is not resident and unbusy;
-        (errno, []) on a read error.
+        (errno, []) on a read error, or when memory stayed short for ``--writeback-timeout``
+        seconds while write-back kept failing (the backing store's errno, see ``uvm_wait``).
 
     => may sleep (not with PGO_LOCKED).  => pages come back in ascending offset order.
     """
@@ -143,12 +151,18 @@ async def getpages(
         return 0, [centre]
 
     # Slow path: busy or allocate every page, lowest offset first.
+    waiting: float | None = None
     while True:
         err, found = await findpages(uvm, node.uobj, offset, npages, 0, "getpages")
-        if err == errno.ENOMEM:
-            await uvm_wait(uvm, "getpages", npages)
-            continue
-        break
+        if err != errno.ENOMEM:
+            break
+        # findpages released what it had taken: we hold no page while we sleep.  The wait
+        # is bounded while write-back fails: then it returns the backing store's errno.
+        if waiting is None:
+            waiting = trio.current_time()
+        err = await uvm_wait(uvm, "getpages", npages, waiting)
+        if err:
+            return err, []
     pages = [pg for pg in found if pg is not None]
     if not any(pg.flags & PG_FAKE for pg in pages):
         _note_access(node, offset, npages)
@@ -420,6 +434,21 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
     uvm = node.uvm
     exp = uvm.uvmexp
     pdaemon = bool(flags & PGO_PDAEMON)
+    wbf = uvm.wbfail
+    if (
+        wbf.objects
+        and flags & PGO_CLEANIT
+        and not flags & PGO_SYNCIO
+        and is_dirty(pg)
+        and wbf.backoff(node.uobj, trio.current_time())
+    ):
+        # This file's write-back is failing and waits for its retry time: a background
+        # write now would fail again.  The page stays dirty and resident; reactivated, it is
+        # not the pagedaemon's next victim again at once.
+        exp.wb_deferred += 1
+        if pdaemon:
+            pageactivate(uvm, pg)
+        return None
     if flags & PGO_FREE:
         # Every mapping goes, wired ones included (truncation of a wired page).
         pmap_page_protect(uvm, pg, _PROT_NONE)
@@ -432,6 +461,8 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
         if flags & PGO_CLEANIT and not pmap_page_writable(pg):
             node.uobj.dirtyoffs.discard(pg.offset)  # clean, and no store can dirty it
         if flags & PGO_FREE:
+            if wbf.objects:
+                wbf.page_gone(node.uobj, pg.offset)  # truncated away: no longer waiting
             pagefree(uvm, pg)
             if pdaemon:
                 exp.pdfreed += 1
@@ -458,6 +489,8 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
             cp.flags |= PG_RELEASED
     if pdaemon:
         exp.pdpageouts += 1
+    if wbf.objects and not flags & PGO_SYNCIO and wbf.retry_started(node.uobj, trio.current_time()):
+        exp.wb_retries += 1  # a background retry of a failing file: the next waits longer
     node.output_start()
     return Buf(cluster, cluster[0].offset, True, _write_iodone, node)
 
@@ -535,7 +568,9 @@ def _write_iodone(buf: Buf) -> None:
     Success: PG_PAGEOUT pages that are still clean become free-on-unbusy; pages re-dirtied
     during the write simply stay dirty.  Failure: every page is dirty again; PG_PAGEOUT is
     withdrawn (the page is reactivated), and PG_RELEASED too -- nothing is lost -- unless
-    the page lies past EOF (truncated during the write): such a page is freed.
+    the page lies past EOF (truncated during the write): such a page is freed.  Either way
+    the machine's write-back failure registry learns the outcome (backoff, stuck pages), and
+    a failure is logged at most once per file per ``LOG_INTERVAL`` seconds.
     """
     node: GenfsNode = buf.owner  # type: ignore[assignment]
     uvm = node.uvm
@@ -546,15 +581,12 @@ def _write_iodone(buf: Buf) -> None:
     if err:
         node.write_error = err
         exp.write_errors += 1
-        log.warning(
-            "%s: write of %d pages at %d failed: errno %d (pages stay dirty)",
-            node.name,
-            len(buf.pages),
-            buf.offset,
-            err,
-        )
     else:
         exp.pageouts += len(buf.pages)
+    # Offsets are taken before page_unbusy, which frees (and poisons) PG_RELEASED pages.
+    offsets = [pg.offset for pg in buf.pages]
+    kept: list[int] = []  # offsets of the pages of a failed write that stay (dirty)
+    gone: list[int] = []  # offsets of pages freed here
     for pg in buf.pages:
         if err:
             pagemarkdirty(pg)
@@ -579,9 +611,70 @@ def _write_iodone(buf: Buf) -> None:
                 pg.flags |= PG_RELEASED
                 exp.pdfreed += 1
         released = bool(pg.flags & PG_RELEASED)
-        if not err and not released and not is_dirty(pg) and not pmap_page_writable(pg):
+        if err:
+            (gone if released else kept).append(pg.offset)
+        elif not released and not is_dirty(pg) and not pmap_page_writable(pg):
             node.uobj.dirtyoffs.discard(pg.offset)  # written, and nothing dirtied it since
         page_unbusy(uvm, pg)
         if not released and not pg.pqflags & PQ_QUEUES and not pg.wire_count:
             pageactivate(uvm, pg)
+    _note_write_result(node, buf, err, offsets, kept, gone)
     node.output_done()
+
+
+# At most one log line per file per LOG_INTERVAL seconds about its write-back failures.
+LOG_INTERVAL: Final = 10.0
+
+
+def _note_write_result(
+    node: GenfsNode, buf: Buf, err: int, offsets: list[int], kept: list[int], gone: list[int]
+) -> None:
+    """Tell the write-back failure registry how a cluster write ended, and log it, rate
+    limited: the first failure of a file is logged, later ones only if ``LOG_INTERVAL``
+    seconds have passed since its last line (which then counts those left out); the write
+    that ends a logged episode of failures says so."""
+    uvm = node.uvm
+    wbf = uvm.wbfail
+    uobj = node.uobj
+    if not err:
+        if not wbf.objects:
+            return  # nothing is failing: the common case costs one test
+        episode = wbf.write_done(uobj, offsets)
+        if episode is not None and node.wb_logged:
+            failures, since = episode
+            node.wb_logged = False
+            node.wb_logged_at = trio.current_time()  # a line like any other for the limit
+            log.info(
+                "%s: write-back works again after %d failed writes in %.1f s%s",
+                node.name,
+                failures,
+                trio.current_time() - since,
+                _unlogged(node),
+            )
+        return
+    now = trio.current_time()
+    for off in gone:
+        wbf.page_gone(uobj, off)
+    ent = wbf.write_failed(uobj, kept, err, now)
+    if now - node.wb_logged_at < LOG_INTERVAL:
+        node.wb_unlogged += 1
+        uvm.uvmexp.wb_log_suppressed += 1
+        return
+    node.wb_logged_at = now
+    node.wb_logged = True
+    retry = f"; background write-back waits {ent.retry_at - now:.2f} s" if ent is not None else ""
+    log.warning(
+        "%s: write of %d pages at %d failed: %s (pages stay dirty%s)%s",
+        node.name,
+        len(offsets),
+        buf.offset,
+        errno.errorcode.get(err, str(err)),
+        retry,
+        _unlogged(node),
+    )
+
+
+def _unlogged(node: GenfsNode) -> str:
+    """The "N more failed writes not logged" suffix (forgetting them), or nothing."""
+    n, node.wb_unlogged = node.wb_unlogged, 0
+    return f"; {n} more failed writes of it not logged" if n else ""

@@ -14,6 +14,7 @@ never to ``size``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,9 @@ class GenfsNode:
         numoutput: writes in flight (v_numoutput).
         ra_next: where a sequential reader would read next; ra_end: end of read-ahead issued.
         write_error: errno of the last failed write not yet reported (its pages stay dirty).
+        wb_logged_at, wb_unlogged, wb_logged: the rate limit of write-failure log lines (see
+            ``genfs.io._note_write_result``): when the last line was written, failures left
+            out since, and whether the current episode of failures was logged.
     """
 
     def __init__(
@@ -84,6 +88,9 @@ class GenfsNode:
         self.ra_next = -1
         self.ra_end = 0
         self.write_error = 0
+        self.wb_logged_at = -math.inf
+        self.wb_unlogged = 0
+        self.wb_logged = False
 
     @property
     def name(self) -> str:

@@ -494,7 +494,40 @@ def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
     lookups = fds.get("hits", 0) + fds.get("misses", 0)
     if lookups:
         lines.append(f"{100 * fds.get('hits', 0) / lookups:>11.1f}% descriptor cache hit rate")
+    lines += _writeback_lines(snap)
     return "\n".join(lines)
+
+
+_WB_COUNTS: Final = {
+    "waiting_pages": "pages waiting for a successful write",
+    "failed_pages": "pages whose last write failed",
+    "files": "files with pages waiting",
+    "failing_files": "files whose write-back is failing",
+}
+_WB_SECONDS: Final = {
+    "stuck_seconds": "seconds since pages began waiting",
+    "next_retry_seconds": "seconds to the next background retry",
+    "timeout": "seconds a writer waits for memory (--writeback-timeout)",
+}
+
+
+def _writeback_lines(snap: dict[str, Any]) -> list[str]:
+    """The write-back failure state: what waits, the last error, for how long."""
+    wb = snap.get("writeback")
+    if not isinstance(wb, dict):
+        return []
+    lines = [
+        f"{n:>12} {_WB_COUNTS[k]}"
+        for k, n in _section(snap, "writeback").items()
+        if k in _WB_COUNTS
+    ]
+    err = wb.get("last_error")
+    lines.append(f"{err if isinstance(err, str) and err else '-':>12} last write-back error")
+    for key, label in _WB_SECONDS.items():
+        value = wb.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            lines.append(f"{value:>12.1f} {label}")
+    return lines
 
 
 _WATCH_PAGES: Final = ("free", "active", "inactive", "wired", "dirty", "file")

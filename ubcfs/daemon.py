@@ -134,6 +134,7 @@ class Daemon:
                 params=GenfsParams(fastpath=opts.extend_fastpath),
                 populate=True,
                 maxvnodes=opts.maxvnodes,
+                writeback_timeout=opts.writeback_timeout,
             )
         except (ValueError, MemoryError, OSError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")
@@ -259,6 +260,7 @@ class Daemon:
                 "allow_other": o.allow_other,
                 "default_store": o.default_store,
                 "maxvnodes": self.engine.vcache.maxvnodes,
+                "writeback_timeout": o.writeback_timeout,
             },
             "injected": {
                 kind: {"errno": errname(err), "count": n}

@@ -39,6 +39,8 @@ MIN_PAGES: Final = 64
 MAX_SIZE: Final = 1 << 60
 MIN_MAXVNODES: Final = 16  # ubcfs.vfs.vcache's floor, repeated (the CLI must not import it)
 MAX_MAXVNODES: Final = 10_000_000
+DEFAULT_WRITEBACK_TIMEOUT: Final = 30.0  # seconds (ubcfs.vm.wbfail.DEFAULT_TIMEOUT)
+MAX_WRITEBACK_TIMEOUT: Final = 86400.0
 FUSE_DEVICE: Final = "/dev/fuse"
 
 _SIZE_RE: Final = re.compile(r"([0-9]+)([KMGT]?)", re.IGNORECASE)
@@ -134,6 +136,8 @@ class MountOptions:
         debug: verbose logging.
         maxvnodes: vnode cache size, or None for the default (from memory and the
             descriptor limit).
+        writeback_timeout: seconds a writer waits for memory held by pages that cannot be
+            written before it gets the backing store's error.
     """
 
     mountpoint: str
@@ -151,6 +155,7 @@ class MountOptions:
     foreground: bool = False
     debug: bool = False
     maxvnodes: int | None = None
+    writeback_timeout: float = DEFAULT_WRITEBACK_TIMEOUT
 
     def daemon_argv(self) -> list[str]:
         """The arguments that make ``python -m ubcfs.daemon`` run exactly these options
@@ -168,6 +173,8 @@ class MountOptions:
             str(self.swap),
             "--page-size",
             str(self.page_size),
+            "--writeback-timeout",
+            repr(self.writeback_timeout),
         ]
         if self.swap_file is not None:
             argv += ["--swap-file", self.swap_file]
@@ -236,6 +243,13 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         help="open files without direct_io: shared mmap works, and the kernel's page cache"
         " sits in front of the UBC (which then sees only the kernel's misses and writes)",
     )
+    parser.add_argument(
+        "--writeback-timeout",
+        metavar="SECONDS",
+        default=None,
+        help="how long a writer waits for memory held by pages that cannot be written before"
+        " it gets the backing store's error (default 30)",
+    )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
         "--foreground", action="store_true", help="run the daemon in the foreground"
@@ -277,6 +291,9 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
     maxvnodes = None
     if ns.maxvnodes is not None:
         maxvnodes = parse_count(ns.maxvnodes, "--maxvnodes", MIN_MAXVNODES, MAX_MAXVNODES)
+    writeback_timeout = DEFAULT_WRITEBACK_TIMEOUT
+    if ns.writeback_timeout is not None:
+        writeback_timeout = parse_seconds(ns.writeback_timeout, "--writeback-timeout")
     backing = None
     if ns.backing is not None:
         if not ns.backing:
@@ -296,6 +313,7 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         foreground=ns.foreground,
         debug=ns.debug,
         maxvnodes=maxvnodes,
+        writeback_timeout=writeback_timeout,
     )
 
 
@@ -308,6 +326,24 @@ def parse_count(text: str, what: str, lo: int, hi: int) -> int:
     if not re.fullmatch(r"[0-9]+", text) or not lo <= int(text) <= hi:
         raise UsageError(f"{what}: expected a whole number from {lo} to {hi}, got {text!r}")
     return int(text)
+
+
+def parse_seconds(text: str, what: str) -> float:
+    """A positive number of seconds (``"30"``, ``"0.5"``), at most a day.
+
+    Raises:
+        UsageError: naming ``what`` and the bad text (also for nan and inf).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_WRITEBACK_TIMEOUT:
+        raise UsageError(
+            f"{what}: expected a positive number of seconds up to"
+            f" {MAX_WRITEBACK_TIMEOUT:g}, got {text!r}"
+        )
+    return value
 
 
 def check_memory(memory: int, page_size: int) -> None:

@@ -54,6 +54,32 @@ def test_report() -> None:
     assert cli.format_report("/mnt", {"pages": [], "counters": {"x": "y"}}).startswith("/mnt:")
 
 
+def test_report_shows_the_write_back_failure_state() -> None:
+    wb = {
+        "waiting_pages": 2032,
+        "failed_pages": 1317,
+        "files": 1,
+        "failing_files": 1,
+        "last_error": "EIO",
+        "stuck_seconds": 13.447,
+        "next_retry_seconds": 2.084,
+        "timeout": 30.0,
+    }
+    lines = cli.format_report("/mnt", {**SNAP, "writeback": wb}).splitlines()
+    assert "        2032 pages waiting for a successful write" in lines
+    assert "        1317 pages whose last write failed" in lines
+    assert "           1 files with pages waiting" in lines
+    assert "         EIO last write-back error" in lines
+    assert "        13.4 seconds since pages began waiting" in lines
+    assert "        30.0 seconds a writer waits for memory (--writeback-timeout)" in lines
+    calm = {**wb, "waiting_pages": 0, "failed_pages": 0, "files": 0, "last_error": None}
+    assert "           - last write-back error" in cli.format_report("/mnt", {"writeback": calm})
+    # Malformed parts are left out, never a crash.
+    text = cli.format_report("/mnt", {"writeback": {"files": "x", "timeout": True}})
+    assert "files with" not in text
+    assert "--writeback-timeout" not in text
+
+
 def test_watch_rows_show_growth() -> None:
     later = {**SNAP, "counters": {**SNAP["counters"], "pageouts": 19}}
     assert len(cli.format_watch_row(SNAP, None).split()) == len(cli.WATCH_HEADER.split())

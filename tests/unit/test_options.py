@@ -93,11 +93,27 @@ def test_swap_defaults_to_twice_memory() -> None:
         (["--maxvnodes", "-1"], "whole number"),
         (["--maxvnodes", "1e3"], "whole number"),
         (["--maxvnodes", "99999999999"], "whole number"),
+        (["--writeback-timeout", "0"], "--writeback-timeout: expected a positive number"),
+        (["--writeback-timeout", "-1"], "--writeback-timeout"),
+        (["--writeback-timeout", "soon"], "--writeback-timeout"),
+        (["--writeback-timeout", "nan"], "--writeback-timeout"),
+        (["--writeback-timeout", "inf"], "--writeback-timeout"),
+        (["--writeback-timeout", "1e999"], "--writeback-timeout"),
+        (["--writeback-timeout", "100000"], "--writeback-timeout"),
+        (["--writeback-timeout", ""], "--writeback-timeout"),
     ],
 )
 def test_bad_options(argv: list[str], why: str) -> None:
-    with pytest.raises(UsageError, match=why):
+    with pytest.raises(UsageError, match=why) as e:
         parse("/x", *argv)
+    assert "\n" not in str(e.value)
+
+
+def test_writeback_timeout() -> None:
+    assert parse("/x").writeback_timeout == 30.0
+    assert parse("/x", "--writeback-timeout", "2").writeback_timeout == 2.0
+    assert parse("/x", "--writeback-timeout", "0.25").writeback_timeout == 0.25
+    assert parse("/x", "--writeback-timeout", "86400").writeback_timeout == 86400.0
 
 
 def test_daemon_argv_round_trip(tmp_path: Path) -> None:
@@ -105,9 +121,11 @@ def test_daemon_argv_round_trip(tmp_path: Path) -> None:
         str(tmp_path / "mnt"), "--backing", str(tmp_path), "--memory", "2M", "--swap", "8M",
         "--swap-file", "swap", "--page-size", "8K", "--no-ubc", "--no-extend-fastpath",
         "--kernel-cache", "--allow-other", "--debug", "--maxvnodes", "100",
+        "--writeback-timeout", "0.1",
     )  # fmt: skip
     assert o.maxvnodes == 100
     assert parse(*o.daemon_argv()) == o
+    assert o.writeback_timeout == 0.1
 
 
 def test_kernel_cache(tmp_path: Path) -> None:

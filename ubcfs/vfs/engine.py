@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from ubcfs.vm.pager import Aio
 from ubcfs.vm.pdaemon import ClockPolicy, Pagedaemon
 from ubcfs.vm.ubc import Ubc
 from ubcfs.vm.uvm import Uvm
+from ubcfs.vm.wbfail import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -68,6 +70,8 @@ class Engine:
         max_io_threads: cap on concurrent backing-I/O threads.
         populate: back all simulated memory with host memory at start (see ``PhysMem``).
         maxvnodes: vnode cache size (default: from memory and the descriptor limit).
+        writeback_timeout: seconds an allocation may wait for memory while write-back keeps
+            failing, before it fails with the backing store's errno (``ubcfs.vm.wbfail``).
     """
 
     def __init__(
@@ -82,8 +86,12 @@ class Engine:
         max_io_threads: int = 8,
         populate: bool = False,
         maxvnodes: int | None = None,
+        writeback_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        if not 0 < writeback_timeout < math.inf:
+            raise ValueError(f"writeback_timeout {writeback_timeout!r} is not a positive time")
         self.uvm = Uvm(memory, page_size, populate=populate)
+        self.uvm.wbfail.timeout = writeback_timeout
         self.params = params if params is not None else GenfsParams()
         if self.params.maxphys < page_size:
             raise ValueError(f"maxphys {self.params.maxphys} is smaller than a page")

@@ -19,6 +19,9 @@ Rules checked (numbers as in the reference):
   11 stale-translation bookkeeping agrees with the pmaps
   12 an object's dirty set covers every page of it that is dirty (PG_CLEAN clear or
      modified bit set) or writably mapped, and names only resident pages
+  13 (ubcfs) the write-back failure registry names live objects, each with pages waiting,
+     and only resident pages that are dirty or busy (under a new write); its page count is
+     the sum of them
   and: an owned page that is not busy, not wired and on no queue is lost.
 """
 
@@ -61,6 +64,7 @@ def audit(uvm: Uvm) -> list[str]:
     _check_queue(uvm, uvm.inactive, out)
     _check_pages(uvm, out)
     _check_objects(uvm, out)
+    _check_wbfail(uvm, out)
     _check_pmaps(uvm, out)
     return out
 
@@ -223,6 +227,28 @@ def _check_objects(uvm: Uvm, out: list[str]) -> None:
                 out.append(f"[12] {obj.name}@{off:#x}: {pg!r} may be dirty, not in the dirty set")
         for off in obj.dirtyoffs - obj.pages.keys():
             out.append(f"[12] {obj.name}: dirty set names {off:#x}, which is not resident")
+
+
+def _check_wbfail(uvm: Uvm, out: list[str]) -> None:
+    wbf = uvm.wbfail
+    live = set(uvm.objects)
+    total = 0
+    for obj, ent in wbf.objects.items():
+        total += len(ent.pages)
+        if obj not in live:
+            out.append(f"[13] write-back failures of {obj.name}, which is no longer an object")
+        if not ent.pages:
+            out.append(f"[13] {obj.name} is listed as failing write-back with no page waiting")
+        for off in sorted(ent.pages):
+            pg = obj.pages.get(off)
+            if pg is None:
+                out.append(f"[13] {obj.name}@{off:#x} waits for a write but is not resident")
+            elif pg.flags & PG_CLEAN and not pg.mdattrs & MD_MODIFIED and not pg.flags & PG_BUSY:
+                out.append(f"[13] {obj.name}@{off:#x} waits for a write but is clean: {pg!r}")
+    if total != wbf.npages:
+        out.append(f"[13] wbfail.npages is {wbf.npages} but {total} pages are listed")
+    if bool(wbf.objects) != bool(wbf.last_error):
+        out.append(f"[13] wbfail.last_error {wbf.last_error} with {len(wbf.objects)} objects")
 
 
 def _check_pmaps(uvm: Uvm, out: list[str]) -> None:

@@ -10,12 +10,15 @@ re-dirties the pages.  Synchronous requests run the same callback inline and ret
 error.
 
 ``uvm_wait`` is how an allocation that found no free page sleeps: it kicks the pagedaemon
-and waits for the next "pages were freed" event; it never busy-waits.
+and waits for the next "pages were freed" event; it never busy-waits.  While write-back keeps
+failing (``ubcfs.vm.wbfail``) the wait is bounded: after ``--writeback-timeout`` seconds the
+allocation fails with the backing store's errno.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
@@ -149,7 +152,7 @@ class Aio:
         return self._nursery is not None
 
 
-async def uvm_wait(uvm: Uvm, why: str, npages: int = 1) -> None:
+async def uvm_wait(uvm: Uvm, why: str, npages: int = 1, since: float | None = None) -> int:
     """Sleep until the pagedaemon (or an I/O completion) frees pages (kernel: uvm_wait).
 
     Args:
@@ -157,19 +160,37 @@ async def uvm_wait(uvm: Uvm, why: str, npages: int = 1) -> None:
         why: for debugging.
         npages: how many pages the caller needs at once; the pagedaemon frees at least that
             many above the kernel reserve.
+        since: when the caller began waiting for this allocation (``trio.current_time()``
+            at its first shortage).  With it the wait is bounded while write-back fails.
+
+    Returns:
+        0: look again.  Or, when some file's write-back keeps failing and the caller has
+        been waiting ``uvm.wbfail.timeout`` seconds since ``since``, the errno that the
+        backing store gave (EIO, ENOSPC, ...): the memory it waits for is held by pages that
+        cannot be written, and the caller fails with that error instead of waiting forever.
 
     => never busy-waits: kicks the pagedaemon and sleeps on the current "pages freed" event,
        at most ``UVM_WAIT_TIMEOUT`` seconds (the kernel, too, sleeps with a timeout when the
-       pagedaemon itself would wait).
+       pagedaemon itself would wait), and not past the write-back deadline.
     => the caller must hold no busy page: the pages it waits for may be those.
     """
+    wbf = uvm.wbfail
+    now = trio.current_time()
+    wake_at = now + UVM_WAIT_TIMEOUT
+    if since is not None and wbf.objects and wbf.failing():
+        deadline = since + wbf.timeout
+        if now >= deadline:
+            uvm.uvmexp.wb_timeouts += 1
+            return wbf.last_error or errno.EIO
+        wake_at = min(wake_at, deadline)
     uvm.free_wanted = max(uvm.free_wanted, npages)
     ev = uvm.free_event
     uvm.kick_pdaemon()
-    with trio.move_on_after(UVM_WAIT_TIMEOUT) as scope:
+    with trio.move_on_at(wake_at) as scope:
         await ev.wait()
     if scope.cancelled_caught:
         uvm.uvmexp.uvm_wait_timeouts += 1
+    return 0
 
 
 UVM_WAIT_TIMEOUT: Final = 0.25

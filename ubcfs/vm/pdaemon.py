@@ -24,6 +24,15 @@ being woken by nearly every allocation below the target:
   active pages referenced since the last visit another round (the early-2001 behaviour the
   seed describes); 1.39's behaviour (False) is the default.
 
+* **failing write-back** (``ubcfs.vm.wbfail``): a dirty page whose file's writes keep
+  failing and whose retry time has not come is reactivated, not written (``wb_deferred``),
+  and the active scan leaves such pages active, so the inactive queue fills with pages that
+  can go.  A pass that freed nothing and had to leave such pages ends there, and the daemon
+  sleeps until the earliest retry time (at most ``HOLD_MAX``), or until a failing file's
+  write succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick it would
+  only make it meet the same pages again.  So a store that keeps failing costs one write per
+  file per backoff period, not a busy loop.
+
 The scan awaits only inside ``pgo_put``; the next page is looked up again after it, and the
 scan restarts from the head when that page left the queue meanwhile.  The daemon never
 sleeps on a busy page and never allocates, so it cannot deadlock with the tasks it serves;
@@ -33,7 +42,8 @@ sleepers in ``uvm_wait`` are woken after each pass and after each I/O completion
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+import math
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -47,12 +57,21 @@ from ubcfs.vm.page import (
     pagefree,
 )
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
-from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_modified, pmap_page_protect
+from ubcfs.vm.pmap import (
+    MD_MODIFIED,
+    pmap_clear_reference,
+    pmap_is_modified,
+    pmap_page_protect,
+)
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
 
 log = logging.getLogger(__name__)
+
+# The longest the daemon sleeps, ignoring kicks, when every page it could reclaim is dirty
+# and waits for its file's write-back retry time: new clean pages (a reader's) may appear.
+HOLD_MAX: Final = 1.0
 
 
 class SwapOut(Protocol):
@@ -93,6 +112,7 @@ class ClockPolicy:
         uvm = daemon.uvm
         exp = uvm.uvmexp
         ps = uvm.page_size
+        wbf = uvm.wbfail
         queue = uvm.inactive
         progress = 0
         budget = 2 * queue.count + 16  # bound one pass, even if the queue is refilled
@@ -130,6 +150,17 @@ class ClockPolicy:
                         progress += 1
                         pg = nxt
                         continue
+                if wbf.objects:
+                    retry_at = wbf.backoff(uobj, trio.current_time())
+                    if retry_at:
+                        # Dirty, and its file's write-back fails and waits for its retry
+                        # time: writing it now would only fail again.  Keep it (reactivated)
+                        # and note when the file may be tried again.
+                        pageactivate(uvm, pg)
+                        exp.wb_deferred += 1
+                        daemon.retry_at = min(daemon.retry_at, retry_at)
+                        pg = nxt
+                        continue
                 before = exp.free + exp.paging
                 await uobj.pgops.put(
                     uobj, pg.offset, pg.offset + ps, PGO_CLEANIT | PGO_FREE | PGO_PDAEMON
@@ -157,6 +188,8 @@ class ClockPolicy:
         uvmpd_scan); return the number of pages deactivated."""
         uvm = daemon.uvm
         exp = uvm.uvmexp
+        stuck = uvm.wbfail.objects
+        now = trio.current_time() if stuck else 0.0
         shortage = exp.inactarg - exp.inactive
         moved = 0
         budget = uvm.active.count
@@ -167,6 +200,15 @@ class ClockPolicy:
             if pg.flags & PG_BUSY:
                 pg = nxt
                 continue
+            if stuck and pg.uobject in stuck and _is_dirty(pg):
+                retry_at = uvm.wbfail.backoff(pg.uobject, now)
+                if retry_at:
+                    # Its file's write-back fails and waits for its retry time: leave it
+                    # active, so that the inactive queue fills with pages that can go.
+                    daemon.retry_at = min(daemon.retry_at, retry_at)
+                    exp.wb_deferred += 1
+                    pg = nxt
+                    continue
             if pmap_clear_reference(pg) and self.test_reference:
                 pageactivate(uvm, pg)  # referenced since the last visit: another round
             else:
@@ -176,6 +218,11 @@ class ClockPolicy:
                 moved += 1
             pg = nxt
         return moved
+
+
+def _is_dirty(pg: VmPage) -> bool:
+    """PG_CLEAN clear, or modified through a mapping since it was cleaned."""
+    return not pg.flags & PG_CLEAN or bool(pg.mdattrs & MD_MODIFIED)
 
 
 class Pagedaemon:
@@ -191,6 +238,10 @@ class Pagedaemon:
         self.swap: SwapOut | None = None
         self._wake = trio.Event()
         self._scanning = False
+        # The earliest retry time of the dirty pages the current pass had to leave because
+        # their file's write-back is failing (inf: none), and whether the pass freed any.
+        self.retry_at = math.inf
+        self.freed_any = False
 
     def wakeup(self) -> None:
         """Wake the daemon (kernel: wakeup(&uvm.pagedaemon)); cheap when already awake."""
@@ -215,7 +266,10 @@ class Pagedaemon:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 uvm.uvmexp.pdwoke += 1
-                if await self.pass_():
+                progress = await self.pass_()
+                if not self.freed_any and self.retry_at < math.inf:
+                    await self._hold(self.retry_at)
+                elif progress:
                     uvm.pages_freed()
                 # Without progress the sleepers are woken by I/O completions (or their
                 # timeout), not here: waking them only to fail again would spin.
@@ -225,10 +279,16 @@ class Pagedaemon:
 
     async def pass_(self) -> bool:
         """Scan until memory is no longer short or a scan makes no progress; return whether
-        any page was freed, put under pageout or deactivated."""
+        any page was freed, put under pageout or deactivated.
+
+        => sets ``freed_any`` and ``retry_at`` (the earliest retry time of dirty pages left
+           for their file's write-back backoff; inf if none).
+        """
         uvm = self.uvm
         exp = uvm.uvmexp
         progress = False
+        self.retry_at = math.inf
+        self.freed_any = False
         if self._scanning:
             return False
         self._scanning = True
@@ -244,8 +304,24 @@ class Pagedaemon:
                     break
                 progress = True
                 if freed:
+                    self.freed_any = True
                     uvm.pages_freed()
+                elif self.retry_at < math.inf:
+                    # Nothing freed and pages left for their retry time: another round now
+                    # would meet the same pages (the deactivated ones cycle back).
+                    break
                 await trio.lowlevel.checkpoint()
         finally:
             self._scanning = False
         return progress
+
+    async def _hold(self, until: float) -> None:
+        """Sleep until ``until`` (the earliest retry time of a failing file), at most
+        ``HOLD_MAX`` seconds, or until a failing file's write succeeds -- whatever kicks come
+        meanwhile: a pass before then would meet the same unwritable pages and free nothing.
+        Kicks are not lost: ``_wake`` stays set for the next pass."""
+        uvm = self.uvm
+        uvm.uvmexp.pdholds += 1
+        changed = uvm.wbfail.change_event()
+        with trio.move_on_at(min(until, trio.current_time() + HOLD_MAX)):
+            await changed.wait()

@@ -114,24 +114,37 @@ class Uvmexp:
     falloc_failed: int = 0  # fallocate requests the backing file system refused
     punched_pages: int = 0  # resident pages freed, unwritten, by a punch or zero range
     punch_edge_pages: int = 0  # partial pages at a punched or zeroed range's ends, zeroed
+    wb_retries: int = 0  # background writes of files whose write-back was failing
+    wb_deferred: int = 0  # dirty pages not written yet: their file waits for its retry time
+    wb_timeouts: int = 0  # allocations failed with the write-back error (--writeback-timeout)
+    wb_log_suppressed: int = 0  # write-failure log lines left out (one per file per 10 s)
+    pdholds: int = 0  # pagedaemon sleeps until a retry time (nothing else to reclaim)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
 def snapshot(uvm: Uvm) -> dict[str, Any]:
-    """The report of ``ubcfs stat --json``: page states, counters and swap use.
+    """The report of ``ubcfs stat --json``: page states, counters, swap use and the
+    write-back failure state.
 
     ``dirty`` counts owned pages whose PG_CLEAN is clear or whose pmap modified bit is set:
-    a walk of the owned pages, fine for a report, never done on a hot path.
+    a walk of the owned pages, fine for a report, never done on a hot path.  In
+    ``writeback``, ``waiting_pages`` counts the dirty pages of the files whose write-back
+    failed (they all wait for a successful write), ``failed_pages`` those whose own last
+    write failed.
     """
     exp = uvm.uvmexp
     dirty = 0
+    waiting = 0
+    stuck = uvm.wbfail.objects
     for pg in uvm.pages:
         if (pg.uobject is not None or pg.uanon is not None) and (
             not pg.flags & 0x0008 or pg.mdattrs & 0x2  # PG_CLEAN, MD_MODIFIED
         ):
             dirty += 1
+            if pg.uobject in stuck:
+                waiting += 1
     data = exp.as_dict()
     return {
         "page_size": uvm.page_size,
@@ -156,6 +169,7 @@ def snapshot(uvm: Uvm) -> dict[str, Any]:
         },
         "targets": {name: data[name] for name in _TARGETS},
         "swap": {"total": uvm.swap_total(), "used": uvm.swap_used()},
+        "writeback": {"waiting_pages": waiting} | uvm.wbfail.report(),
     }
 
 

@@ -322,13 +322,21 @@ class Ubc:
 
     # --- faults and copies --------------------------------------------------------------
 
-    async def ubc_fault(self, win: UbcWindow, va: int, access: int) -> int:
+    async def ubc_fault(
+        self, win: UbcWindow, va: int, access: int, since: float | None = None
+    ) -> int:
         """Resolve a fault in a window (kernel: ubc_fault): getpages for the rest of the
         window (up to the write's end for a write), then enter managed mappings.
 
+        Args:
+            since: when the caller's first ERESTART for this access came, if it had one:
+                the wait for pv entries is then bounded as ``uvm_wait`` bounds it.
+
         Returns:
             0; ERESTART when a pmap_enter found no pv entry (after waiting for memory: the
-            caller retries the access); or the getpages errno (EINVAL past EOF).
+            caller retries the access); or the getpages errno (EINVAL past EOF; EIO, ENOSPC
+            ... when memory stayed short while write-back failed); or the write-back errno
+            when the wait for pv entries outlasted ``--writeback-timeout`` meanwhile.
         """
         uvm = self.uvm
         exp = uvm.uvmexp
@@ -366,8 +374,8 @@ class Ubc:
         pmap_update(self.pmap)
         if shortage:
             exp.canfail_retries += 1
-            await uvm_wait(uvm, "ubc_fault")
-            return errno.ERESTART
+            err = await uvm_wait(uvm, "ubc_fault", 1, since)
+            return err or errno.ERESTART
         return 0
 
     async def uiomove(self, win: UbcWindow, va: int, length: int, uio: Uio, write: bool) -> int:
@@ -382,13 +390,16 @@ class Ubc:
         buf = uio.buf
         efault_at = uio.efault_at
         done = 0
+        restarted: float | None = None  # when the current access first got ERESTART
         while done < length:
             cur = va + done
             try:
                 pa = pmap_translate(pmap, cur, write)
             except PageFault:
-                err = await self.ubc_fault(win, cur, _P_WRITE if write else _P_READ)
+                err = await self.ubc_fault(win, cur, _P_WRITE if write else _P_READ, restarted)
                 if err == errno.ERESTART:
+                    if restarted is None:
+                        restarted = trio.current_time()
                     continue
                 if err:
                     return errno.EFAULT if err == errno.EINVAL else err
@@ -404,6 +415,7 @@ class Ubc:
             _copy(view, pa, buf, u, n, write)
             uio.done = u + n
             done += n
+            restarted = None
         return 0
 
     # --- the helpers everything uses ------------------------------------------------------

@@ -17,6 +17,7 @@ from ubcfs.vm.param import MIN_PAGES, check_page_size, is_int
 from ubcfs.vm.physmem import PhysMem
 from ubcfs.vm.pmap import Pmap
 from ubcfs.vm.stat import Uvmexp
+from ubcfs.vm.wbfail import WbFailures
 
 if TYPE_CHECKING:
     from ubcfs.vm.object import UvmObject
@@ -67,6 +68,8 @@ class Uvm:
         free_wanted: the largest number of pages a ``uvm_wait`` sleeper needs at once.
         pdaemon_running: a pagedaemon task serves this machine.
         aio: the asynchronous I/O system, when the engine runs one.
+        wbfail: write-back failures: backoff, pages waiting for a successful write, and the
+            time an allocation may wait for memory meanwhile (``ubcfs.vm.wbfail``).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Uvm:
         self.free_event = trio.Event()
         self.free_wanted = 0
         self.aio: Aio | None = None
+        self.wbfail = WbFailures()
         self.tune()
 
     # --- pagedaemon targets and wake-ups ------------------------------------------------

@@ -33,6 +33,7 @@ def new_engine(
     params: GenfsParams | None = None,
     nowait: bool = True,
     test_reference: bool = False,
+    writeback_timeout: float = 30.0,
 ) -> Engine:
     """A small engine (64 frames of 4 KiB by default) whose backing I/O can be gated.
 
@@ -47,6 +48,7 @@ def new_engine(
         params=params,
         nowait=nowait,
         test_reference=test_reference,
+        writeback_timeout=writeback_timeout,
     )
     eng.io = GatedIO(eng.injector, nowait=nowait)
     return eng
@@ -235,6 +237,7 @@ class GatedIO(BackingIO):
         self.writes_held = 0
         self.fallocate_gate: Gate | None = None
         self.fallocate_calls: list[tuple[int, int, int]] = []  # (mode, offset, length)
+        self.write_times: list[float] = []  # trio.current_time() of each write asked for
 
     def gate_write(self, offset: int | None = None, snapshot: bool = False) -> Gate:
         """Hold the next write (covering ``offset``, if given) at a new gate."""
@@ -268,6 +271,7 @@ class GatedIO(BackingIO):
     async def writev(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
         nbytes = sum(map(len, views))
         self.write_calls.append((offset, nbytes))
+        self.write_times.append(trio.current_time())
         gate = self.write_gate
         if gate is not None and gate.matches(offset, nbytes):
             self.write_gate = None

@@ -38,6 +38,7 @@ from ubcfs.vm.page import (
 )
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
 from ubcfs.vm.pmap import MD_REFERENCED, pmap_clear_reference
+from ubcfs.vm.wbfail import BACKOFF_MIN
 
 PDAEMON_PUT = PGO_CLEANIT | PGO_FREE | PGO_PDAEMON  # what the daemon asks of the pager
 
@@ -138,10 +139,13 @@ async def test_write_to_page_under_pageout_waits_for_completion(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC, errno.EAGAIN])
-async def test_failed_pageout_keeps_data_and_retry_writes_it(tmp_path: Path, err: int) -> None:
+async def test_failed_pageout_keeps_data_and_retry_writes_it(
+    tmp_path: Path, err: int, autojump_clock: trio.testing.MockClock
+) -> None:
     """An injected failure of a pageout write: PG_PAGEOUT withdrawn, ``paging`` back to 0,
     ``pageout_failed`` up by the cluster's pages, the pages dirty, unbusy and active again;
-    the next pass writes and frees them."""
+    a pageout before the file's retry time leaves them so, the first one after it writes and
+    frees them."""
     path = tmp_path / "f"
     path.write_bytes(bytes(4 * PAGE))
     async with new_engine().running() as eng:
@@ -171,7 +175,16 @@ async def test_failed_pageout_keeps_data_and_retry_writes_it(tmp_path: Path, err
             assert page_dirty(pg)
         assert backing_page(path, 1) == bytes(PAGE)
         assert_sound(eng)
-        # The next pass (the injection is used up) writes them and frees them.
+        # Before the retry time (no time has passed on the mock clock) a pageout is put off.
+        deferred = exp.wb_deferred
+        for pg in pages:
+            pagedeactivate(eng.uvm, pg)
+        assert await putpages(vp, PAGE, 3 * PAGE, PDAEMON_PUT) == 0
+        assert exp.wb_deferred == deferred + 2
+        assert all(pg.pqflags & PQ_ACTIVE and page_dirty(pg) for pg in pages)
+        assert exp.paging == 0
+        # After it, the next pass (the injection is used up) writes them and frees them.
+        await trio.sleep(BACKOFF_MIN)
         assert await putpages(vp, PAGE, 3 * PAGE, PDAEMON_PUT) == 0
         await eng.aio.drain()
         assert all(page_is_free(pg) for pg in pages)
@@ -189,7 +202,8 @@ async def test_failed_pageout_keeps_data_and_retry_writes_it(tmp_path: Path, err
 
 async def test_pagedaemon_retries_failed_pageouts_by_itself(tmp_path: Path) -> None:
     """Dirty pages whose pageouts fail (EIO, several times) are written by the pagedaemon
-    itself later, under memory pressure from another file -- before any fsync."""
+    itself later, under memory pressure from another file -- before any fsync -- each retry
+    after a backoff."""
     path = tmp_path / "f"
     other = tmp_path / "other"
     other.write_bytes(pattern(9, 8 * 64 * PAGE))
@@ -200,17 +214,18 @@ async def test_pagedaemon_retries_failed_pageouts_by_itself(tmp_path: Path) -> N
         assert await eng.write(vp, 0, data) == (0, len(data))
         eng.injector.arm(IOKind.WRITE, errno.EIO, 4)
         ov = await eng.open(str(other))
-        for _ in range(2):
-            off = 0
-            while off < 8 * 64 * PAGE:
-                err, got = await eng.read(ov, off, 16 * PAGE)
-                assert err == 0
-                assert len(got) == 16 * PAGE
-                off += len(got)
-        assert eng.injector.armed() == {}
+        with trio.fail_after(60):
+            while dirty_pages(vp) or eng.injector.armed():
+                off = 0
+                while off < 8 * 64 * PAGE:
+                    err, got = await eng.read(ov, off, 16 * PAGE)
+                    assert err == 0
+                    assert len(got) == 16 * PAGE
+                    off += len(got)
+                await eng.aio.drain()
         assert exp.pageout_failed >= 4
-        await eng.aio.drain()
-        assert dirty_pages(vp) == 0
+        assert exp.wb_retries >= 4  # the attempts after the first failure were retries
+        assert eng.uvm.wbfail.objects == {}
         assert_backing_matches(path, FileModel(data))
         assert await eng.fsync(vp) == errno.EIO  # reported once...
         assert await eng.fsync(vp) == 0  # ...and then not again
