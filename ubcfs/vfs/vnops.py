@@ -308,12 +308,15 @@ async def _clear_range(vp: Vnode, mode: int, offset: int, length: int) -> int:
         page_unbusy_many(uvm, held)
         return err
     exp = uvm.uvmexp
+    wbf = uvm.wbfail
     freed = 0
     for pg in held:
         lo = max(offset, pg.offset) - pg.offset
         top = min(hi, pg.offset + ps) - pg.offset
         if lo == 0 and top == ps:
             pg.flags |= PG_RELEASED  # unbusying frees it, every mapping removed
+            if wbf.objects:
+                wbf.page_gone(vp.uobj, pg.offset)  # punched away: no longer waiting
             freed += 1
         else:
             uvm.physmem.zero_range(pg.phys_addr, lo, top)
