@@ -398,9 +398,9 @@ class BackingNamespace:
         return {
             "limit": int(c.maxsize),  # the cache's bound
             "nofile": self.fd_limit,  # RLIMIT_NOFILE (the soft limit, raised at start)
-            "open": len(c) + pinned + len(self.mount_fds),
-            "cached": len(c),
-            "pinned": pinned,
+            "open": len(c),  # in the cache
+            "pinned": pinned,  # held by their inodes: the root, unlinked files, no handle
+            "mounts": len(self.mount_fds),  # kept to decode handles on
             "hits": c.hits,
             "misses": c.misses,
             "evictions": c.evictions,
