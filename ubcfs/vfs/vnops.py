@@ -415,15 +415,18 @@ async def vop_clean(vp: Vnode) -> int:
             # size already; skip the thread hop (unmount reclaims thousands of these).
             _restore_mtime(vp)
             return 0
-        return await _write_back_locked(vp)
+        return await _write_back_locked(vp, stale_ok=True)
 
 
-async def _write_back_locked(vp: Vnode) -> int:
+async def _write_back_locked(vp: Vnode, stale_ok: bool = False) -> int:
     """Write until nothing is dirty, then make the backing file's size and mtime what the
-    engine reports.  => the vnode lock is held exclusively."""
+    engine reports.  With ``stale_ok`` an error of an earlier write that has been retried
+    with success since (nothing is dirty any more) does not count (a reclaim: the data is
+    all written, and the file has no user left to tell).
+    => the vnode lock is held exclusively."""
     for _ in range(FSYNC_PASSES):
         err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
-        if err:
+        if err and not (stale_ok and not dirty_pages(vp) and not vp.numoutput):
             return err
         if not dirty_pages(vp):
             break
