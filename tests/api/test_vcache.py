@@ -12,9 +12,7 @@ import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import pyfuse3
 import pytest
@@ -22,13 +20,13 @@ import trio
 import trio.testing
 
 from pagers.backing_io import IOKind
+from tests.api.apitools import CTX, setattr_fields
 from tests.unit.engine.enginetools import PAGE, assert_sound, gated_io, new_engine, pattern
 from ubcfs.fuse import Operations
 from ubcfs.vfs.backing import ROOT_INO, BackingNamespace
 from ubcfs.vfs.vcache import VS
 from ubcfs.vfs.vnode import Vnode
 
-CTX = pyfuse3.RequestContext()  # uid 0, gid 0, umask 0
 DATA = pattern(7, 5000)
 
 
@@ -78,19 +76,6 @@ async def eventually(cond: Callable[[], bool], what: str) -> None:
         while not cond():  # noqa: ASYNC110 -- polls state that no event announces
             await trio.sleep(0.005)
     assert cond(), what
-
-
-@dataclass
-class Fields:
-    """Stands in for ``pyfuse3.SetattrFields``, whose attributes Python cannot set."""
-
-    update_size: bool = False
-    update_mode: bool = False
-    update_uid: bool = False
-    update_gid: bool = False
-    update_atime: bool = False
-    update_mtime: bool = False
-    update_ctime: bool = False
 
 
 def cached(ops: Operations, ino: int) -> Vnode:
@@ -315,7 +300,7 @@ async def test_truncate_without_a_handle_takes_a_use(tmp_path: Path) -> None:
         e = await ops.lookup(ROOT_INO, b"f", CTX)
         attr = pyfuse3.EntryAttributes()
         attr.st_size = 3 * PAGE // 2
-        fields = cast("pyfuse3.SetattrFields", Fields(update_size=True))
+        fields = setattr_fields(update_size=True)
         got = await ops.setattr(ino, attr, fields, None, CTX)
         assert got.st_size == 3 * PAGE // 2
         assert cached(ops, ino).usecount == 0

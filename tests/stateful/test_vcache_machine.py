@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import pyfuse3
 from hypothesis import settings
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pagers.backing_io import IOKind
+from tests.api.apitools import CTX, setattr_fields
 from tests.stateful.test_engine_machine import EngineThread
 from tests.unit.engine.enginetools import new_engine
 from ubcfs.fuse import Operations
@@ -32,22 +32,8 @@ from ubcfs.vfs.backing import ROOT_INO, BackingNamespace
 from ubcfs.vfs.vcache import VS
 from ubcfs.vm import audit
 
-CTX = pyfuse3.RequestContext()
 NAMES = [b"a", b"b", b"c"]
 names = st.sampled_from(NAMES)
-
-
-@dataclass
-class Fields:
-    """Stands in for ``pyfuse3.SetattrFields``, whose attributes Python cannot set."""
-
-    update_size: bool = True
-    update_mode: bool = False
-    update_uid: bool = False
-    update_gid: bool = False
-    update_atime: bool = False
-    update_mtime: bool = False
-    update_ctime: bool = False
 
 
 @dataclass(eq=False)
@@ -196,7 +182,7 @@ class VcacheMachine(RuleBasedStateMachine):
         f = self._lookup(name)
         attr = pyfuse3.EntryAttributes()
         attr.st_size = size
-        fields = cast("pyfuse3.SetattrFields", Fields())
+        fields = setattr_fields(update_size=True)
         e = self.eng.run(self.ops.setattr, f.ino, attr, fields, None, CTX)
         assert e.st_size == size
         del f.data[size:]
