@@ -420,22 +420,28 @@ async def vop_clean(vp: Vnode) -> int:
 
 async def _write_back_locked(vp: Vnode, stale_ok: bool = False) -> int:
     """Write until nothing is dirty, then make the backing file's size and mtime what the
-    engine reports.  With ``stale_ok`` an error of an earlier write that has been retried
-    with success since (nothing is dirty any more) does not count (a reclaim: the data is
-    all written, and the file has no user left to tell).
+    engine reports -- even when an error is returned, since the data that was written must
+    be readable as the engine's file (an error of an earlier write, reported now once, left
+    nothing unwritten).  With ``stale_ok`` such an error of an earlier write that has been
+    retried with success since (nothing is dirty any more) does not count (a reclaim: the
+    data is all written, and the file has no user left to tell).
     => the vnode lock is held exclusively."""
+    err = 0
     for _ in range(FSYNC_PASSES):
-        err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
-        if err and not (stale_ok and not dirty_pages(vp) and not vp.numoutput):
-            return err
-        if not dirty_pages(vp):
+        e = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
+        dirty = dirty_pages(vp)
+        if e and not (stale_ok and not dirty and not vp.numoutput):
+            err = err or e
+            if dirty:
+                break  # this pass's writes failed: no point going round again
+        if not dirty:
             break
     else:
-        return errno.EAGAIN
-    err = await _fix_backing_size(vp)
-    if not err:
+        err = errno.EAGAIN
+    size_err = await _fix_backing_size(vp)
+    if not size_err:
         _restore_mtime(vp)
-    return err
+    return err or size_err
 
 
 def _restore_mtime(vp: Vnode) -> None:

@@ -633,3 +633,29 @@ async def test_random_operations_race_under_memory_pressure(tmp_path: Path, seed
         assert_sound(eng)
         assert await eng.release(vp) == 0
     assert_backing_matches(path, model)
+
+
+async def test_fsync_that_reports_an_old_error_still_gives_the_backing_file_its_size(
+    tmp_path: Path,
+) -> None:
+    """Found by the engine machine: a failed pageout leaves an error for the next fsync;
+    the file's tail was punched (its pages freed unwritten, the backing file never grew
+    there).  That fsync reports the error once -- and must still make the backing file as
+    long as the engine's file, or the punched tail is missing from it for good."""
+    path = tmp_path / "f"
+    path.touch()
+    async with new_engine().running() as eng:
+        vp = await eng.open(str(path))
+        assert await eng.write(vp, 0, pattern(2, 4 * PAGE)) == (0, 4 * PAGE)
+        eng.injector.arm(IOKind.WRITE, errno.EIO, 1)
+        assert await putpages(vp, 0, PAGE, PDAEMON_PUT) == 0
+        await eng.aio.drain()
+        assert vp.write_error == errno.EIO
+        assert await eng.fallocate(vp, PUNCH, 2 * PAGE, 2 * PAGE) == 0
+        assert await eng.fsync(vp) == errno.EIO  # the old error, reported once
+        model = FileModel(pattern(2, 4 * PAGE))
+        model.fallocate(PUNCH, 2 * PAGE, 2 * PAGE)
+        assert_backing_matches(path, model)
+        assert await eng.fsync(vp) == 0
+        assert await eng.release(vp) == 0
+    assert_backing_matches(path, model)
