@@ -420,11 +420,11 @@ async def vop_clean(vp: Vnode) -> int:
 
 async def _write_back_locked(vp: Vnode, stale_ok: bool = False) -> int:
     """Write until nothing is dirty, then make the backing file's size and mtime what the
-    engine reports -- even when an error is returned, since the data that was written must
-    be readable as the engine's file (an error of an earlier write, reported now once, left
-    nothing unwritten).  With ``stale_ok`` such an error of an earlier write that has been
-    retried with success since (nothing is dirty any more) does not count (a reclaim: the
-    data is all written, and the file has no user left to tell).
+    engine reports -- also when an error of an earlier write, retried with success since,
+    is reported now (once): everything is written, so the backing file must be the engine's
+    file.  When this pass's own writes fail, the backing file is left as it is (not grown
+    with zeroes where the data could not go).  With ``stale_ok`` such an earlier error does
+    not count at all (a reclaim: the file has no user left to tell).
     => the vnode lock is held exclusively."""
     err = 0
     for _ in range(FSYNC_PASSES):
@@ -438,6 +438,8 @@ async def _write_back_locked(vp: Vnode, stale_ok: bool = False) -> int:
             break
     else:
         err = errno.EAGAIN
+    if dirty_pages(vp):
+        return err or errno.EAGAIN
     size_err = await _fix_backing_size(vp)
     if not size_err:
         _restore_mtime(vp)
