@@ -368,7 +368,8 @@ def test_stat_json_contract_and_counters_grow(mounted: Mounted) -> None:
     assert s2["vnodes"]["max"] == 64  # one per 16 KiB of the 1M of memory
     for key in ("limit", "nofile", "open", "pinned", "mounts", "hits", "misses"):
         assert isinstance(s2["fds"][key], int), key
-    assert 0 < s2["fds"]["open"] <= s2["fds"]["limit"] < s2["fds"]["nofile"]
+    # The cache may be empty: the kernel may have forgotten every inode (drop_caches).
+    assert 0 <= s2["fds"]["open"] <= s2["fds"]["limit"] < s2["fds"]["nofile"]
 
 
 @pytest.mark.fuse
