@@ -43,11 +43,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from pagers.vnode import (
-    findpages,
-    is_dirty,
-    release_pages,
-)
+from pagers.vnode import findpages, release_pages
 from ubcfs.vm.page import (
     PG_BUSY,
     PG_CLEAN,
@@ -58,6 +54,7 @@ from ubcfs.vm.page import (
     PQ_INACTIVE,
     PQ_QUEUES,
     VmPage,
+    is_dirty,
     page_unbusy,
     page_unbusy_many,
     pageactivate,

@@ -15,16 +15,15 @@ from typing import TYPE_CHECKING, Final
 
 from ubcfs.vm.page import (
     PG_BUSY,
-    PG_CLEAN,
     PG_FAKE,
     PG_RDONLY,
     PG_RELEASED,
+    is_dirty,
     page_unbusy,
     pagealloc,
     pagebusy,
     pagewait,
 )
-from ubcfs.vm.pmap import MD_MODIFIED
 
 if TYPE_CHECKING:
     from ubcfs.vm.object import UvmObject
@@ -48,11 +47,6 @@ UFP_NOALLOC: Final = UFP.NOALLOC.value
 UFP_NOCACHE: Final = UFP.NOCACHE.value
 UFP_NORDONLY: Final = UFP.NORDONLY.value
 UFP_DIRTYONLY: Final = UFP.DIRTYONLY.value
-
-
-def is_dirty(pg: VmPage) -> bool:
-    """PG_CLEAN clear, or written through a managed mapping since it was cleaned."""
-    return not pg.flags & PG_CLEAN or bool(pg.mdattrs & MD_MODIFIED)
 
 
 async def findpages(

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from genfs.io import putpages
-from pagers.vnode import is_dirty
 from ubcfs.vfs.backing import futimens_empty
 from ubcfs.vm.page import (
     PG_BUSY,
     PG_RELEASED,
+    is_dirty,
     page_unbusy_many,
     pagebusy,
     pagewait,

@@ -37,7 +37,7 @@ import trio
 from ubcfs.vm import diag
 from ubcfs.vm.diag import panic
 from ubcfs.vm.param import Prot
-from ubcfs.vm.pmap import Pte, pmap_page_protect
+from ubcfs.vm.pmap import MD_MODIFIED, Pte, pmap_page_protect
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -574,3 +574,8 @@ async def pagewait(uvm: Uvm, pg: VmPage, why: str) -> None:
     if waitev is None:
         waitev = uvm.page_waiters[pg] = trio.Event()
     await waitev.wait()
+
+
+def is_dirty(pg: VmPage) -> bool:
+    """PG_CLEAN clear, or written through a managed mapping since it was cleaned."""
+    return not pg.flags & PG_CLEAN or bool(pg.mdattrs & MD_MODIFIED)

@@ -52,17 +52,13 @@ from ubcfs.vm.page import (
     PG_CLEAN,
     PQ_INACTIVE,
     VmPage,
+    is_dirty,
     pageactivate,
     pagedeactivate,
     pagefree,
 )
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
-from ubcfs.vm.pmap import (
-    MD_MODIFIED,
-    pmap_clear_reference,
-    pmap_is_modified,
-    pmap_page_protect,
-)
+from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_modified, pmap_page_protect
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
@@ -200,7 +196,7 @@ class ClockPolicy:
             if pg.flags & PG_BUSY:
                 pg = nxt
                 continue
-            if stuck and pg.uobject in stuck and _is_dirty(pg):
+            if stuck and pg.uobject in stuck and is_dirty(pg):
                 retry_at = uvm.wbfail.backoff(pg.uobject, now)
                 if retry_at:
                     # Its file's write-back fails and waits for its retry time: leave it
@@ -218,11 +214,6 @@ class ClockPolicy:
                 moved += 1
             pg = nxt
         return moved
-
-
-def _is_dirty(pg: VmPage) -> bool:
-    """PG_CLEAN clear, or modified through a mapping since it was cleaned."""
-    return not pg.flags & PG_CLEAN or bool(pg.mdattrs & MD_MODIFIED)
 
 
 class Pagedaemon:

@@ -15,13 +15,12 @@ import trio
 
 from genfs.node import GenfsParams
 from pagers.backing_io import BackingIO, FaultInjector
-from pagers.vnode import is_dirty
 from tests.vmtools import SMALL_PAGES
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vfs.vnops import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from ubcfs.vm import audit
-from ubcfs.vm.page import PG_BUSY, PG_FAKE, PQ_FREE, VmPage
+from ubcfs.vm.page import PG_BUSY, PG_FAKE, PQ_FREE, VmPage, is_dirty
 
 PAGE = 4096
 
