@@ -379,7 +379,7 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
     if later and not result:
         await node.wait_output()
         for off in later:
-            if off in uobj.dirtyoffs and off not in handled:
+            if uobj.pages.is_tagged(off) and off not in handled:
                 result = await _put_at(node, off, start, end, flags, handled)
                 if result:
                     break
@@ -456,7 +456,7 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
         needs_clean = not wasclean
     if not needs_clean:
         if flags & PGO_CLEANIT and not pmap_page_writable(pg):
-            node.uobj.dirtyoffs.discard(pg.offset)  # clean, and no store can dirty it
+            node.uobj.pages.clear_dirty(pg.offset)  # clean, and no store can dirty it
         if flags & PGO_FREE:
             if wbf.objects:
                 wbf.page_gone(node.uobj, pg.offset)  # truncated away: no longer waiting
@@ -611,7 +611,7 @@ def _write_iodone(buf: Buf) -> None:
         if err:
             (gone if released else kept).append(pg.offset)
         elif not released and not is_dirty(pg) and not pmap_page_writable(pg):
-            node.uobj.dirtyoffs.discard(pg.offset)  # written, and nothing dirtied it since
+            node.uobj.pages.clear_dirty(pg.offset)  # written, and nothing dirtied it since
         page_unbusy(uvm, pg)
         if not released and not pg.pqflags & PQ_QUEUES and not pg.wire_count:
             pageactivate(uvm, pg)

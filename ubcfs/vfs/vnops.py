@@ -387,7 +387,7 @@ async def _errno_in_thread(work: Callable[[], object]) -> int:
 def dirty_pages(vp: Vnode) -> int:
     """Resident pages of ``vp`` that need writing (only its dirty set can hold them)."""
     pages = vp.uobj.pages
-    return sum(1 for off in vp.uobj.dirtyoffs if is_dirty(pages[off]))
+    return sum(1 for off in pages.dirty_in_range(0, 1 << 62) if is_dirty(pages[off]))
 
 
 async def vop_fsync(vp: Vnode) -> int:

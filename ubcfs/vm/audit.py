@@ -214,19 +214,19 @@ def _check_pages(uvm: Uvm, out: list[str]) -> None:
 
 def _check_objects(uvm: Uvm, out: list[str]) -> None:
     for obj in list(uvm.objects):
+        obj.pages.audit(obj.name, out)
+        dirty = obj.dirtyoffs
         for off, pg in obj.pages.items():
             if pg.uobject is not obj or pg.offset != off:
                 out.append(f"[5] {obj.name}@{off:#x} holds {pg!r}, which is not its page")
             if pg.pqflags & PQ_FREE:
                 out.append(f"[5] {obj.name}@{off:#x} holds free page {pg!r}")
-            if off not in obj.dirtyoffs and (
+            if off not in dirty and (
                 not pg.flags & PG_CLEAN
                 or pg.mdattrs & MD_MODIFIED
                 or any(pte.prot & _P_WRITE for pte in pg.pvlist or ())
             ):
                 out.append(f"[12] {obj.name}@{off:#x}: {pg!r} may be dirty, not in the dirty set")
-        for off in obj.dirtyoffs - obj.pages.keys():
-            out.append(f"[12] {obj.name}: dirty set names {off:#x}, which is not resident")
 
 
 def _check_wbfail(uvm: Uvm, out: list[str]) -> None:

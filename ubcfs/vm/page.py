@@ -325,10 +325,10 @@ def pagealloc(
         pg.pqflags = PQ_AOBJ if uobj.is_aobj else 0
         pg.uobject = uobj
         pg.offset = offset
-        uobj.pages[offset] = pg
+        uobj.pages.insert(offset, pg)
         pg.flags |= PG_TABLED
         if zeroit:
-            uobj.dirtyoffs.add(offset)  # a zeroed page is not PG_CLEAN
+            uobj.pages.set_dirty(offset)  # a zeroed page is not PG_CLEAN
         if uobj.is_aobj:
             exp.anonpages += 1
         else:
@@ -351,7 +351,7 @@ def _alloc_checks(uvm: Uvm, uobj: UvmObject | None, offset: int, anon: VmAnon | 
         uobj.vmobjlock.assert_locked()
         if offset & uvm.page_mask or offset < 0:
             panic(f"pagealloc: offset {offset:#x} not page aligned")
-        if offset in uobj.pages:
+        if uobj.pages.get(offset) is not None:
             panic(f"pagealloc: {uobj.name}@{offset:#x} already has a page")
     elif anon is not None:
         anon.lock.assert_locked()
@@ -365,7 +365,7 @@ def pagemarkdirty(pg: VmPage) -> None:
     pg.flags &= ~PG_CLEAN
     uobj = pg.uobject
     if uobj is not None:
-        uobj.dirtyoffs.add(pg.offset)
+        uobj.pages.set_dirty(pg.offset)
 
 
 def pagefree(uvm: Uvm, pg: VmPage) -> None:
@@ -395,8 +395,7 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
         exp.wired -= 1
     uobj = pg.uobject
     if uobj is not None:
-        del uobj.pages[pg.offset]
-        uobj.dirtyoffs.discard(pg.offset)
+        uobj.pages.remove(pg.offset)  # and its dirty tag
         uobj.generation += 1
         if uobj.is_aobj:
             exp.anonpages -= 1

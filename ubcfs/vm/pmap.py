@@ -278,7 +278,7 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
         # dirty from now on, as far as a cleaner looking at its object's dirty set knows.
         uobj = pg.uobject
         if uobj is not None:
-            uobj.dirtyoffs.add(pg.offset)
+            uobj.pages.set_dirty(pg.offset)
     if access & _P_WRITE:
         pg.mdattrs |= MD_REFERENCED | MD_MODIFIED
     elif access:

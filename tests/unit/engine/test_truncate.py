@@ -27,10 +27,12 @@ from tests.unit.engine.enginetools import (
     page_is_free,
     pattern,
 )
-from ubcfs.vm.page import PG_BUSY, PG_PAGEOUT, PG_RELEASED, VmPage, pagewire
+from ubcfs.vm.object import LEAF_PAGES, PageTree
+from ubcfs.vm.page import PG_BUSY, PG_PAGEOUT, PG_RELEASED, pagewire
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import PMAP_WIRED, pmap_create, pmap_enter, pmap_extract
+from ubcfs.vm.uvm import Uvm
 
 
 @pytest.mark.parametrize("resident", [True, False], ids=["resident", "paged-out"])
@@ -88,21 +90,6 @@ async def test_truncate_to_zero_and_regrow(tmp_path: Path) -> None:
     assert_backing_matches(path, model)
 
 
-class CountingPages(dict[int, VmPage]):
-    """An object's page table that counts lookups (to prove truncation does not walk
-    offsets)."""
-
-    lookups = 0
-
-    def get(self, key: int, default: object = None) -> VmPage | None:  # type: ignore[override]
-        CountingPages.lookups += 1
-        return super().get(key)
-
-    def __contains__(self, key: object) -> bool:
-        CountingPages.lookups += 1
-        return super().__contains__(key)
-
-
 async def test_truncate_100gib_sparse_file_touches_only_resident_pages(tmp_path: Path) -> None:
     """A 100 GiB sparse file with five resident pages, three of them past the new EOF:
     truncating it to 3 pages + 100 bytes does work proportional to those pages (a handful of
@@ -122,15 +109,13 @@ async def test_truncate_100gib_sparse_file_touches_only_resident_pages(tmp_path:
         await eng.aio.drain()
         assert sorted(vp.uobj.pages) == offsets
         far = [vp.uobj.pages[o] for o in offsets[2:]]
-        original = CountingPages(vp.uobj.pages)
-        vp.uobj.pages = original
-        CountingPages.lookups = 0
+        vp.uobj.pages.probes = 0
         freed_before = eng.uvm.uvmexp.free
         newsize = 3 * PAGE + 100
         with trio.fail_after(30):
             assert await eng.truncate(vp, newsize) == 0
         frees = eng.uvm.uvmexp.free - freed_before
-        assert CountingPages.lookups < 100, CountingPages.lookups
+        assert vp.uobj.pages.probes < 1000, vp.uobj.pages.probes
         assert frees == 3
         assert all(page_is_free(pg) for pg in far)
         assert sorted(vp.uobj.pages) == [0, 2 * PAGE]
@@ -267,10 +252,16 @@ async def test_truncate_waits_for_async_clean_then_frees(tmp_path: Path) -> None
     assert_backing_matches(path, model)
 
 
-def test_counting_pages_counts() -> None:
-    """The lookup counter used above does count (so its bound means something)."""
-    pages = CountingPages()
-    CountingPages.lookups = 0
-    assert pages.get(1) is None
-    assert 2 not in pages
-    assert CountingPages.lookups == 2
+def test_page_tree_probes_count() -> None:
+    """The probe counter used above does count (so its bound means something)."""
+    uvm = Uvm(64 * 512, page_size=512)
+    pages = PageTree(uvm.page_shift)
+    assert pages.get(1 << 40) is None
+    assert (2 << 40) not in pages
+    assert pages.probes == 2
+    uvm.pages[0].offset = 0
+    pages.insert(0, uvm.pages[0])
+    assert pages.in_range(0, 64 * 512) == [uvm.pages[0]]
+    assert 2 < pages.probes <= 2 + 2 + LEAF_PAGES  # two leaves looked for, one walked
+    pages.remove(0)
+    uvm.pages[0].offset = -1
