@@ -53,6 +53,7 @@ from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import (
     PMAP_CANFAIL,
     PMAP_WIRED,
+    KRun,
     PageFault,
     Pmap,
     load,
@@ -714,7 +715,13 @@ class VmMachine(RuleBasedStateMachine):
             model = self.pm[i]
             got = {vpn: (p.pa, p.prot, p.wired) for vpn, p in pmap.ptes.items()}
             assert got == {v: (m.pa, m.prot, m.wired) for v, m in model.maps.items()}
-            stale = {vpn: [(p.pa, p.prot) for p in lst] for vpn, lst in pmap.stale.items()}
+            stale: dict[int, list[tuple[int, int]]] = {}
+            for ent in pmap.stale:
+                if isinstance(ent, KRun):
+                    for k, pa in enumerate(ent.pas):
+                        stale.setdefault(ent.vpn + k, []).append((pa, ent.prot))
+                else:
+                    stale.setdefault(ent.va // PS, []).append((ent.pa, ent.prot))
             assert stale == {v: [(s.pa, s.prot) for s in lst] for v, lst in model.stale.items()}
             assert all((p.pg is None) is (i == KERNEL) for p in pmap.ptes.values())
         assert self.uvm.pv_free == PV_ENTRIES - self._pv_used()

@@ -48,7 +48,14 @@ from ubcfs.vm.page import (
     VmPage,
 )
 from ubcfs.vm.param import Prot
-from ubcfs.vm.pmap import MD_MODIFIED
+from ubcfs.vm.pmap import (
+    MD_MODIFIED,
+    PT_SHIFT,
+    KRun,
+    pmap_entries,
+    pmap_kentered,
+    pmap_lookup,
+)
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
@@ -255,10 +262,19 @@ def _check_pmaps(uvm: Uvm, out: list[str]) -> None:
     shift = uvm.page_shift
     managed = 0
     kentered: dict[int, int] = {}
-    stale_refs: dict[int, int] = {}
+    nstale = 0
     for pmap in list(uvm.pmaps):
         nwired = 0
-        for vpn, pte in pmap.ptes.items():
+        ptes = pmap_entries(pmap)
+        for no, ptp in pmap.ptps.items():
+            used = sum(1 for ent in ptp.slots if ent is not None)
+            if used != ptp.count or used == 0:
+                out.append(f"[9] {pmap.name} page-table page {no} counts {ptp.count}, has {used}")
+            base = no << PT_SHIFT
+            for i, ent in enumerate(ptp.slots):
+                if isinstance(ent, KRun) and not 0 <= base + i - ent.vpn < len(ent.pas):
+                    out.append(f"[9] {pmap.name} vpn {base + i:#x} holds {ent!r}, not its run")
+        for vpn, pte in ptes.items():
             if pte.pmap is not pmap or pte.va >> shift != vpn:
                 out.append(f"[9] {pmap.name} vpn {vpn:#x} holds foreign {pte!r}")
             if pte.wired:
@@ -278,15 +294,14 @@ def _check_pmaps(uvm: Uvm, out: list[str]) -> None:
                 out.append(f"[9] {pte!r} does not match its page's frame")
             if pg.pvlist is None or not any(p is pte for p in pg.pvlist):
                 out.append(f"[9] {pte!r} missing from its page's pv list")
-        if pmap.resident_count != len(pmap.ptes):
-            out.append(
-                f"[9] {pmap.name} resident_count {pmap.resident_count}, has {len(pmap.ptes)}"
-            )
+        if pmap.resident_count != len(ptes):
+            out.append(f"[9] {pmap.name} resident_count {pmap.resident_count}, has {len(ptes)}")
         if pmap.wired_count != nwired:
             out.append(f"[9] {pmap.name} wired_count {pmap.wired_count}, has {nwired}")
-        for lst in pmap.stale.values():
-            for pte in lst:
-                stale_refs[pte.pa] = stale_refs.get(pte.pa, 0) + 1
+        nstale += len(pmap.stale)
+        for ent in pmap.stale:
+            if ent.pmap is not pmap:
+                out.append(f"[11] {pmap.name} stale list holds foreign {ent!r}")
     npv = 0
     for pg in uvm.pages:
         if pg.pvlist is None:
@@ -296,13 +311,16 @@ def _check_pmaps(uvm: Uvm, out: list[str]) -> None:
         for pte in pg.pvlist:
             npv += 1
             p = pte.pmap
-            if p.ptes.get(pte.va >> shift) is not pte:
+            if pmap_lookup(p, pte.va >> shift) is not pte:
                 out.append(f"[9] pv entry {pte!r} of {pg!r} is not in its pmap")
     if npv != managed:
         out.append(f"[9] {npv} pv entries but {managed} managed mappings")
     if uvm.pv_total - uvm.pv_free != managed:
         out.append(f"[9] pv pool: {uvm.pv_total - uvm.pv_free} entries in use, {managed} mappings")
-    if kentered != uvm.kentered:
+    if kentered != pmap_kentered(uvm):
         out.append("[9] kenter bookkeeping disagrees with the kernel pmap")
-    if stale_refs != uvm.stale_refs:
-        out.append("[11] stale-translation bookkeeping disagrees with the pmaps")
+    if nstale != uvm.nstale:
+        out.append(
+            f"[11] stale-translation bookkeeping disagrees with the pmaps:"
+            f" uvm.nstale {uvm.nstale}, the stale lists hold {nstale}"
+        )

@@ -37,7 +37,7 @@ import trio
 from ubcfs.vm import diag
 from ubcfs.vm.diag import panic
 from ubcfs.vm.param import Prot
-from ubcfs.vm.pmap import MD_MODIFIED, Pte, pmap_page_protect
+from ubcfs.vm.pmap import MD_MODIFIED, Pte, pmap_page_protect, pmap_stale_reaches
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -384,9 +384,9 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
     if pg.pvlist:
         panic(f"pagefree: {pg!r} still has {len(pg.pvlist)} managed mapping(s)")
     pa = pg.phys_addr
-    if pa in uvm.kentered:
+    if uvm.kentered[pa >> uvm.page_shift]:
         panic(f"pagefree: {pg!r} still has a pmap_kenter_pa mapping")
-    if uvm.stale_refs and pa in uvm.stale_refs:
+    if uvm.nstale and pmap_stale_reaches(uvm, pa):
         panic(f"pagefree: {pg!r} still reachable through a stale translation (no pmap_update)")
     exp = uvm.uvmexp
     pagedequeue(uvm, pg)

@@ -21,13 +21,27 @@ and by the UBC copies) sets them, and they survive removal of the mappings.  Acc
 kenter mappings set neither, so code that writes that way clears PG_CLEAN itself.
 
 Deferred invalidation (``pmap_update``).  ``pmap_remove``, ``pmap_protect``,
-``pmap_kremove`` and a replacing ``pmap_enter`` leave the old translation in the pmap's
-*stale* set: until ``pmap_update`` it stands for a TLB entry that may still be used.  An
-access that the current table does not allow falls back to a stale translation that does,
-exactly as a stale TLB entry would let it through; and freeing a page that a stale
-translation still reaches is a panic.  A missing ``pmap_update`` therefore shows up in tests
-instead of silently working.  ``pmap_page_protect`` acts at once (it is not one of the calls
-the seed made deferrable).
+``pmap_kremove`` and a replacing ``pmap_enter`` put the old translation on the pmap's *stale*
+list: until ``pmap_update`` it stands for a TLB entry that may still be used.  An access that
+the current table does not allow falls back to a stale translation that does, exactly as a
+stale TLB entry would let it through; and freeing a page that a stale translation still
+reaches is a panic.  A missing ``pmap_update`` therefore shows up in tests instead of
+silently working.  ``pmap_page_protect`` acts at once (it is not one of the calls the seed
+made deferrable).
+
+Representation: what is per page and what per run
+--------------------------------------------------
+The translation table has two levels, as an MMU's does: page-table pages of ``PT_ENTRIES``
+slots, found by number in a dict, so that a lookup is one dict probe (none when it hits the
+page-table page used last) and a list index, and a range walk visits only the page-table
+pages that exist, never the whole table.  A managed mapping is one ``Pte`` per page (it is
+also the page's pv entry).  Kenter mappings are entered a run at a time
+(``pmap_kenter_pages``: a UBC window's busy pages): one ``KRun`` object holds the run's
+frames, and every slot of the run refers to it; ``pmap_kremove`` of the run puts that one
+object on the stale list.  The stale list holds Ptes and KRuns, one entry per removed
+mapping or run, and ``Uvm.nstale`` counts them over all pmaps, so that ``pagefree`` looks at
+stale translations only while some exist.  Per frame there is one counter of kenter mappings
+(``Uvm.kentered``, a list indexed by frame number).
 """
 
 from __future__ import annotations
@@ -119,23 +133,69 @@ class Pte:
         )
 
 
+class KRun:
+    """A run of kenter mappings entered together (kernel: the loop of pmap_kenter_pa calls
+    in ubc_alloc's UBC_FAULTBUSY path): page ``i`` of the run maps ``va + i * page size`` to
+    ``pas[i]``, wired, with ``prot``.  Every table slot of the run refers to this object;
+    removed whole, it is also its own stale record.
+
+    Attributes:
+        pmap, va, vpn: where the run starts.
+        pas: the frames, in virtual order.
+        prot: protection (Prot bits as an int).
+    """
+
+    __slots__ = ("pas", "pmap", "prot", "va", "vpn")
+
+    def __init__(self, pmap: Pmap, va: int, vpn: int, pas: list[int], prot: int) -> None:
+        self.pmap = pmap
+        self.va = va
+        self.vpn = vpn
+        self.pas = pas
+        self.prot = prot
+
+    def __repr__(self) -> str:
+        return (
+            f"<KRun {self.pmap.name} va={self.va:#x} npages={len(self.pas)}"
+            f" prot={Prot(self.prot)!s}>"
+        )
+
+
+PT_SHIFT: Final = 9
+PT_ENTRIES: Final = 1 << PT_SHIFT  # slots per page-table page
+_PT_MASK: Final = PT_ENTRIES - 1
+
+
+class PTPage:
+    """One page-table page: ``PT_ENTRIES`` consecutive slots and how many are in use."""
+
+    __slots__ = ("count", "slots")
+
+    def __init__(self) -> None:
+        self.slots: list[Pte | KRun | None] = [None] * PT_ENTRIES
+        self.count = 0
+
+
 class Pmap:
     """One address space's translation table (kernel: struct pmap).
 
     Attributes:
         name: for messages.
         is_kernel: the kernel pmap, the only one that takes kenter mappings.
-        ptes: virtual page number -> Pte.
-        stale: virtual page number -> translations invalidated but not yet flushed.
+        ptps: page-table page number -> page-table page (use ``pmap_lookup``/
+            ``pmap_entries`` to read them).
+        stale: translations invalidated but not yet flushed (Ptes and KRuns), oldest first.
         resident_count: number of mappings (kernel: pm_stats.resident_count).
         wired_count: number of wired mappings (kernel: pm_stats.wired_count).
     """
 
     __slots__ = (
         "__weakref__",
+        "_last",
+        "_lastno",
         "is_kernel",
         "name",
-        "ptes",
+        "ptps",
         "resident_count",
         "stale",
         "uvm",
@@ -146,13 +206,111 @@ class Pmap:
         self.uvm = uvm
         self.name = name
         self.is_kernel = is_kernel
-        self.ptes: dict[int, Pte] = {}
-        self.stale: dict[int, list[Pte]] = {}
+        self.ptps: dict[int, PTPage] = {}
+        self._lastno = -1
+        self._last: PTPage | None = None
+        self.stale: list[Pte | KRun] = []
         self.resident_count = 0
         self.wired_count = 0
 
+    @property
+    def ptes(self) -> dict[int, Pte]:
+        """A snapshot of the table, virtual page number -> Pte; kenter slots appear as new
+        Pte objects (audits, tests and messages; not a hot path)."""
+        return pmap_entries(self)
+
     def __repr__(self) -> str:
         return f"<Pmap {self.name} resident={self.resident_count} wired={self.wired_count}>"
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def _ptp(pmap: Pmap, no: int) -> PTPage | None:
+    if no == pmap._lastno:
+        return pmap._last
+    ptp = pmap.ptps.get(no)
+    if ptp is not None:
+        pmap._lastno = no
+        pmap._last = ptp
+    return ptp
+
+
+def pmap_lookup(pmap: Pmap, vpn: int) -> Pte | KRun | None:
+    """The table entry of virtual page ``vpn``: a Pte, the KRun it belongs to, or None."""
+    ptp = _ptp(pmap, vpn >> PT_SHIFT)
+    if ptp is None:
+        return None
+    return ptp.slots[vpn & _PT_MASK]
+
+
+def _set(pmap: Pmap, vpn: int, entry: Pte | KRun) -> None:
+    """Fill the empty slot of ``vpn``."""
+    no = vpn >> PT_SHIFT
+    ptp = _ptp(pmap, no)
+    if ptp is None:
+        ptp = pmap.ptps[no] = PTPage()
+        pmap._lastno = no
+        pmap._last = ptp
+    ptp.slots[vpn & _PT_MASK] = entry
+    ptp.count += 1
+
+
+def _clear(pmap: Pmap, vpn: int) -> None:
+    """Empty the slot of ``vpn`` (it is in use); a page-table page left empty is freed."""
+    no = vpn >> PT_SHIFT
+    ptp = _ptp(pmap, no)
+    assert ptp is not None
+    ptp.slots[vpn & _PT_MASK] = None
+    ptp.count -= 1
+    if ptp.count == 0:
+        del pmap.ptps[no]
+        pmap._lastno = -1
+        pmap._last = None
+
+
+def _vpns_in_range(pmap: Pmap, sva: int, eva: int) -> list[int]:
+    """Virtual page numbers in [sva, eva) that have a mapping, ascending: only the
+    page-table pages that exist are visited, so removing a huge range of a small pmap is
+    cheap."""
+    shift = pmap.uvm.page_shift
+    svpn = sva >> shift
+    evpn = (eva + pmap.uvm.page_mask) >> shift
+    if evpn <= svpn:
+        return []
+    ptps = pmap.ptps
+    lo, hi = svpn >> PT_SHIFT, (evpn - 1) >> PT_SHIFT
+    if hi - lo < len(ptps):
+        nos = [no for no in range(lo, hi + 1) if no in ptps]
+    else:
+        nos = sorted(no for no in ptps if lo <= no <= hi)
+    out: list[int] = []
+    for no in nos:
+        slots = ptps[no].slots
+        base = no << PT_SHIFT
+        for i in range(max(svpn - base, 0), min(evpn - base, PT_ENTRIES)):
+            if slots[i] is not None:
+                out.append(base + i)
+    return out
+
+
+def pmap_entries(pmap: Pmap) -> dict[int, Pte]:
+    """Every translation of ``pmap``: virtual page number -> Pte (the managed mapping's own
+    Pte; a new Pte describing a kenter slot).  Not a hot path."""
+    out: dict[int, Pte] = {}
+    shift = pmap.uvm.page_shift
+    for no in sorted(pmap.ptps):
+        base = no << PT_SHIFT
+        for i, ent in enumerate(pmap.ptps[no].slots):
+            if ent is None:
+                continue
+            vpn = base + i
+            if isinstance(ent, KRun):
+                pa = ent.pas[vpn - ent.vpn]
+                out[vpn] = Pte(pmap, vpn << shift, pa, None, ent.prot, True)
+            else:
+                out[vpn] = ent
+    return out
 
 
 def pmap_create(uvm: Uvm, name: str) -> Pmap:
@@ -167,7 +325,7 @@ def pmap_destroy(pmap: Pmap) -> None:
     if pmap.is_kernel:
         panic("pmap_destroy: the kernel pmap")
     shift = pmap.uvm.page_shift
-    for vpn in list(pmap.ptes):
+    for vpn in _vpns_in_range(pmap, 0, 1 << 62):
         _remove_pte(pmap, vpn << shift)
     pmap_update(pmap)
     pmap.uvm.pmaps.discard(pmap)
@@ -176,15 +334,48 @@ def pmap_destroy(pmap: Pmap) -> None:
 # --- stale translations -----------------------------------------------------------------
 
 
-def _make_stale(pmap: Pmap, pte: Pte) -> None:
-    vpn = pte.va >> pmap.uvm.page_shift
-    lst = pmap.stale.get(vpn)
-    if lst is None:
-        pmap.stale[vpn] = [pte]
-    else:
-        lst.append(pte)
-    refs = pmap.uvm.stale_refs
-    refs[pte.pa] = refs.get(pte.pa, 0) + 1
+def _make_stale(pmap: Pmap, entry: Pte | KRun) -> None:
+    pmap.stale.append(entry)
+    pmap.uvm.nstale += 1
+
+
+def _stale_covers(entry: Pte | KRun, vpn: int, shift: int) -> int:
+    """The frame ``entry`` translates ``vpn`` to, or -1."""
+    if isinstance(entry, KRun):
+        i = vpn - entry.vpn
+        return entry.pas[i] if 0 <= i < len(entry.pas) else -1
+    return entry.pa if entry.va >> shift == vpn else -1
+
+
+def pmap_stale_reaches(uvm: Uvm, pa: int) -> bool:
+    """Does a stale translation of any pmap still reach frame ``pa``?  Cheap while no stale
+    translation exists anywhere (``uvm.nstale`` is 0), which is almost always."""
+    if not uvm.nstale:
+        return False
+    for pmap in list(uvm.pmaps):
+        for ent in pmap.stale:
+            if isinstance(ent, KRun):
+                if pa in ent.pas:
+                    return True
+            elif ent.pa == pa:
+                return True
+    return False
+
+
+def pmap_stale_refs(uvm: Uvm) -> dict[int, int]:
+    """Frame -> number of stale translations reaching it, over every pmap (audits, tests)."""
+    refs: dict[int, int] = {}
+    for pmap in list(uvm.pmaps):
+        for ent in pmap.stale:
+            for pa in ent.pas if isinstance(ent, KRun) else [ent.pa]:
+                refs[pa] = refs.get(pa, 0) + 1
+    return refs
+
+
+def pmap_kentered(uvm: Uvm) -> dict[int, int]:
+    """Frame -> number of kenter mappings, from ``uvm.kentered`` (audits, tests)."""
+    shift = uvm.page_shift
+    return {i << shift: n for i, n in enumerate(uvm.kentered) if n}
 
 
 def pmap_update(pmap: Pmap) -> None:
@@ -192,18 +383,15 @@ def pmap_update(pmap: Pmap) -> None:
     uvm = pmap.uvm
     exp = uvm.uvmexp
     exp.pmap_update += 1
-    if not pmap.stale:
+    stale = pmap.stale
+    if not stale:
         return
-    refs = uvm.stale_refs
-    for lst in pmap.stale.values():
-        exp.pmap_invalidations += len(lst)
-        for pte in lst:
-            n = refs[pte.pa] - 1
-            if n:
-                refs[pte.pa] = n
-            else:
-                del refs[pte.pa]
-    pmap.stale.clear()
+    n = 0
+    for ent in stale:
+        n += len(ent.pas) if isinstance(ent, KRun) else 1
+    exp.pmap_invalidations += n
+    uvm.nstale -= len(stale)
+    stale.clear()
 
 
 # --- managed mappings -------------------------------------------------------------------
@@ -243,8 +431,8 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
         panic(f"pmap_enter: mapping free page {pg!r}")
     vpn = va >> shift
     wired = bool(flags & PMAP_WIRED)
-    old = pmap.ptes.get(vpn)
-    if old is not None and old.pg is pg:
+    old = pmap_lookup(pmap, vpn)
+    if isinstance(old, Pte) and old.pg is pg:
         # Same page: change protection and/or wiring in place.
         if old.prot & ~prot:
             _make_stale(pmap, Pte(pmap, va, old.pa, old.pg, old.prot, old.wired))
@@ -254,7 +442,7 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
             old.wired = wired
     else:
         if old is not None:
-            if old.pg is None:
+            if isinstance(old, KRun):
                 panic(f"pmap_enter: replacing kenter mapping {old!r}")
             _remove_pte(pmap, va)
         if uvm.pv_free <= 0:
@@ -264,7 +452,7 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
             panic("pmap_enter: out of pv entries and PMAP_CANFAIL not given")
         uvm.pv_free -= 1
         pte = Pte(pmap, va, pg.phys_addr, pg, prot, wired)
-        pmap.ptes[vpn] = pte
+        _set(pmap, vpn, pte)
         pvlist = pg.pvlist
         if pvlist is None:
             pg.pvlist = [pte]
@@ -275,7 +463,7 @@ def pmap_enter(pmap: Pmap, va: int, pg: VmPage, prot: int, flags: int) -> int:
             pmap.wired_count += 1
     if prot & _P_WRITE:
         # A store through this mapping will set only the modified bit: the page may be
-        # dirty from now on, as far as a cleaner looking at its object's dirty set knows.
+        # dirty from now on, as far as a cleaner looking at its object's dirty tag knows.
         uobj = pg.uobject
         if uobj is not None:
             uobj.pages.set_dirty(pg.offset)
@@ -290,14 +478,15 @@ def _remove_pte(pmap: Pmap, va: int) -> Pte | None:
     """Remove the managed mapping at ``va``, leaving a stale translation; return it."""
     uvm = pmap.uvm
     vpn = va >> uvm.page_shift
-    pte = pmap.ptes.get(vpn)
+    pte = pmap_lookup(pmap, vpn)
     if pte is None:
         return None
-    pg = pte.pg
-    if pg is None:
+    if isinstance(pte, KRun):
         panic(f"pmap_remove: {pte!r} is a kenter mapping (use pmap_kremove)")
-    del pmap.ptes[vpn]
+    pg = pte.pg
+    assert pg is not None
     assert pg.pvlist is not None
+    _clear(pmap, vpn)
     pg.pvlist.remove(pte)
     if not pg.pvlist:
         pg.pvlist = None
@@ -307,17 +496,6 @@ def _remove_pte(pmap: Pmap, va: int) -> Pte | None:
         pmap.wired_count -= 1
     _make_stale(pmap, pte)
     return pte
-
-
-def _vpns_in_range(pmap: Pmap, sva: int, eva: int) -> list[int]:
-    """Virtual page numbers in [sva, eva) that have a mapping: cost is the smaller of the
-    range and the table, so removing a huge range of a small pmap is cheap."""
-    shift = pmap.uvm.page_shift
-    svpn, evpn = sva >> shift, (eva + pmap.uvm.page_mask) >> shift
-    if evpn - svpn <= len(pmap.ptes):
-        ptes = pmap.ptes
-        return [v for v in range(svpn, evpn) if v in ptes]
-    return sorted(v for v in pmap.ptes if svpn <= v < evpn)
 
 
 def pmap_remove(pmap: Pmap, sva: int, eva: int) -> None:
@@ -342,10 +520,9 @@ def pmap_protect(pmap: Pmap, sva: int, eva: int, prot: int) -> None:
     if not prot & _P_READ:
         pmap_remove(pmap, sva, eva)
         return
-    ptes = pmap.ptes
     for vpn in _vpns_in_range(pmap, sva, eva):
-        pte = ptes[vpn]
-        if pte.pg is None:
+        pte = pmap_lookup(pmap, vpn)
+        if not isinstance(pte, Pte):
             continue  # kenter mappings are not the business of pmap_protect
         newprot = pte.prot & prot
         if newprot != pte.prot:
@@ -370,9 +547,10 @@ def pmap_page_protect(uvm: Uvm, pg: VmPage, prot: int) -> None:
             for pte in pvlist:
                 pte.prot &= ~_P_WRITE
         return
+    shift = uvm.page_shift
     for pte in pvlist:
         pmap = pte.pmap
-        del pmap.ptes[pte.va >> uvm.page_shift]
+        _clear(pmap, pte.va >> shift)
         pmap.resident_count -= 1
         if pte.wired:
             pmap.wired_count -= 1
@@ -384,10 +562,10 @@ def pmap_page_protect(uvm: Uvm, pg: VmPage, prot: int) -> None:
 def pmap_unwire(pmap: Pmap, va: int) -> None:
     """Clear the wired attribute of the mapping at ``va`` (kernel: pmap_unwire, formerly
     pmap_change_wiring(..., FALSE)).  Afterwards the pmap may forget the mapping."""
-    pte = pmap.ptes.get(va >> pmap.uvm.page_shift)
+    pte = pmap_lookup(pmap, va >> pmap.uvm.page_shift)
     if pte is None:
         panic(f"pmap_unwire: no mapping at {va:#x} in {pmap.name}")
-    if pte.pg is None:
+    if isinstance(pte, KRun):
         panic(f"pmap_unwire: {pte!r} is a kenter mapping")
     if not pte.wired:
         panic(f"pmap_unwire: mapping at {va:#x} in {pmap.name} is not wired")
@@ -399,10 +577,12 @@ def pmap_extract(pmap: Pmap, va: int) -> int | None:
     """The physical address mapped at ``va`` (page offset kept), or None (kernel:
     pmap_extract)."""
     uvm = pmap.uvm
-    pte = pmap.ptes.get(va >> uvm.page_shift)
-    if pte is None:
+    vpn = va >> uvm.page_shift
+    ent = pmap_lookup(pmap, vpn)
+    if ent is None:
         return None
-    return pte.pa | (va & uvm.page_mask)
+    pa = ent.pas[vpn - ent.vpn] if isinstance(ent, KRun) else ent.pa
+    return pa | (va & uvm.page_mask)
 
 
 # --- unmanaged (kernel) mappings --------------------------------------------------------
@@ -413,45 +593,74 @@ def pmap_kenter_pa(pmap: Pmap, va: int, pa: int, prot: int) -> None:
 
     No pv entry, no referenced/modified tracking; only ``pmap_kremove`` removes it.
     """
+    pmap_kenter_pages(pmap, va, [pa], prot)
+
+
+def pmap_kenter_pages(pmap: Pmap, va: int, pas: list[int], prot: int) -> None:
+    """``pmap_kenter_pa`` of each frame of ``pas`` at consecutive pages from ``va``, as one
+    run (UBC_FAULTBUSY maps a window's run of busy pages this way).  Kenter mappings already
+    there are replaced; a managed one there is a panic."""
     uvm = pmap.uvm
     if not pmap.is_kernel:
         panic("pmap_kenter_pa: not the kernel pmap")
     _check_va(pmap, va, "pmap_kenter_pa")
-    if pa & uvm.page_mask or not 0 <= pa < uvm.physmem.size:
-        panic(f"pmap_kenter_pa: bad physical address {pa:#x}")
-    vpn = va >> uvm.page_shift
-    old = pmap.ptes.get(vpn)
-    if old is not None:
-        if old.pg is not None:
-            panic(f"pmap_kenter_pa: va {va:#x} holds managed mapping {old!r}")
-        _kremove_pte(pmap, vpn)
-    pmap.ptes[vpn] = Pte(pmap, va, pa, None, prot, True)
-    pmap.resident_count += 1
-    pmap.wired_count += 1
+    shift = uvm.page_shift
+    mask = uvm.page_mask
+    limit = uvm.physmem.size
+    for pa in pas:
+        if pa & mask or not 0 <= pa < limit:
+            panic(f"pmap_kenter_pa: bad physical address {pa:#x}")
+    n = len(pas)
+    vpn = va >> shift
+    for v in _vpns_in_range(pmap, va, va + (n << shift)):
+        old = pmap_lookup(pmap, v)
+        if isinstance(old, Pte):
+            panic(f"pmap_kenter_pa: va {v << shift:#x} holds managed mapping {old!r}")
+    if _vpns_in_range(pmap, va, va + (n << shift)):
+        _kremove_range(pmap, va, n << shift)
+    run = KRun(pmap, va, vpn, pas, prot)
     kentered = uvm.kentered
-    kentered[pa] = kentered.get(pa, 0) + 1
-    uvm.uvmexp.pmap_kenter += 1
+    for i in range(n):
+        _set(pmap, vpn + i, run)
+        kentered[pas[i] >> shift] += 1
+    pmap.resident_count += n
+    pmap.wired_count += n
+    uvm.uvmexp.pmap_kenter += n
 
 
-def pmap_kenter_pages(pmap: Pmap, va: int, pas: list[int], prot: int) -> None:
-    """``pmap_kenter_pa`` of each frame of ``pas`` at consecutive pages from ``va``
-    (UBC_FAULTBUSY maps a window's run of busy pages this way)."""
-    ps = pmap.uvm.page_size
-    for i, pa in enumerate(pas):
-        pmap_kenter_pa(pmap, va + i * ps, pa, prot)
-
-
-def _kremove_pte(pmap: Pmap, vpn: int) -> None:
+def _kremove_range(pmap: Pmap, va: int, size: int) -> None:
+    """Remove the kenter mappings in [va, va+size); each run (or part of one) removed goes
+    on the stale list as one entry."""
     uvm = pmap.uvm
-    pte = pmap.ptes.pop(vpn)
-    pmap.resident_count -= 1
-    pmap.wired_count -= 1
-    n = uvm.kentered[pte.pa] - 1
-    if n:
-        uvm.kentered[pte.pa] = n
-    else:
-        del uvm.kentered[pte.pa]
-    _make_stale(pmap, pte)
+    shift = uvm.page_shift
+    kentered = uvm.kentered
+    run: KRun | None = None
+    first = last = 0  # indexes into run.pas of the part removed
+    for vpn in _vpns_in_range(pmap, va, va + size):
+        ent = pmap_lookup(pmap, vpn)
+        if not isinstance(ent, KRun):
+            panic(f"pmap_kremove: {ent!r} is a managed mapping")
+        i = vpn - ent.vpn
+        if ent is not run or i != last + 1:
+            if run is not None:
+                _kremove_stale(pmap, run, first, last)
+            run, first = ent, i
+        last = i
+        _clear(pmap, vpn)
+        kentered[ent.pas[i] >> shift] -= 1
+        pmap.resident_count -= 1
+        pmap.wired_count -= 1
+    if run is not None:
+        _kremove_stale(pmap, run, first, last)
+
+
+def _kremove_stale(pmap: Pmap, run: KRun, first: int, last: int) -> None:
+    if first == 0 and last == len(run.pas) - 1:
+        _make_stale(pmap, run)
+        return
+    shift = pmap.uvm.page_shift
+    va = run.va + (first << shift)
+    _make_stale(pmap, KRun(pmap, va, va >> shift, run.pas[first : last + 1], run.prot))
 
 
 def pmap_kremove(pmap: Pmap, va: int, size: int) -> None:
@@ -462,11 +671,7 @@ def pmap_kremove(pmap: Pmap, va: int, size: int) -> None:
     if not pmap.is_kernel:
         panic("pmap_kremove: not the kernel pmap")
     _check_va(pmap, va, "pmap_kremove")
-    ptes = pmap.ptes
-    for vpn in _vpns_in_range(pmap, va, va + size):
-        if ptes[vpn].pg is not None:
-            panic(f"pmap_kremove: {ptes[vpn]!r} is a managed mapping")
-        _kremove_pte(pmap, vpn)
+    _kremove_range(pmap, va, size)
     pmap.uvm.uvmexp.pmap_kremove += 1
 
 
@@ -530,25 +735,28 @@ def pmap_translate(pmap: Pmap, va: int, write: bool) -> int:
         PageFault: no translation, or too little protection.
     """
     uvm = pmap.uvm
-    vpn = va >> uvm.page_shift
+    shift = uvm.page_shift
+    vpn = va >> shift
     need = _P_WRITE if write else _P_READ
-    pte = pmap.ptes.get(vpn)
-    if pte is None or not pte.prot & need:
-        stale = pmap.stale.get(vpn)
-        found = None
-        if stale:
-            for cand in reversed(stale):
-                if cand.prot & need:
-                    found = cand
-                    break
-        if found is None:
-            raise PageFault(va, Prot(need), pte is not None)
-        pte = found
-        uvm.uvmexp.pmap_stale_hits += 1
-    pg = pte.pg
-    if pg is not None:
-        pg.mdattrs |= (MD_REFERENCED | MD_MODIFIED) if write else MD_REFERENCED
-    return pte.pa | (va & uvm.page_mask)
+    ent = pmap_lookup(pmap, vpn)
+    if ent is not None and ent.prot & need:
+        if isinstance(ent, KRun):
+            return ent.pas[vpn - ent.vpn] | (va & uvm.page_mask)
+        pg = ent.pg
+        if pg is not None:
+            pg.mdattrs |= (MD_REFERENCED | MD_MODIFIED) if write else MD_REFERENCED
+        return ent.pa | (va & uvm.page_mask)
+    # No current translation allows the access: a stale one (a TLB entry not yet flushed)
+    # may, the newest first.
+    for cand in reversed(pmap.stale):
+        if cand.prot & need:
+            pa = _stale_covers(cand, vpn, shift)
+            if pa >= 0:
+                uvm.uvmexp.pmap_stale_hits += 1
+                if isinstance(cand, Pte) and cand.pg is not None:
+                    cand.pg.mdattrs |= (MD_REFERENCED | MD_MODIFIED) if write else MD_REFERENCED
+                return pa | (va & uvm.page_mask)
+    raise PageFault(va, Prot(need), ent is not None)
 
 
 def load(pmap: Pmap, va: int, length: int) -> bytes:

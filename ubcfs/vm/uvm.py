@@ -59,8 +59,8 @@ class Uvm:
         uvmexp: counters.
         kernel_pmap: the kernel's address space (UBC windows, pager mappings).
         pmaps, objects: registries of live pmaps and objects, for the audit.
-        kentered: pa -> number of kenter mappings of that frame (pmap-private bookkeeping).
-        stale_refs: pa -> number of stale translations reaching that frame.
+        kentered: per frame number, how many kenter mappings it has (pmap-private).
+        nstale: stale translations (entries of the pmaps' stale lists) in all pmaps.
         pv_free: pv entries left in the pool.
         page_waiters: wanted page -> the Event its waiters sleep on (this busy period).
         owner_tags: busy page -> who busied it and why, under DIAGNOSTIC (kernel: owner_tag).
@@ -107,8 +107,8 @@ class Uvm:
         self.uvmexp = Uvmexp(npages=npages, free=npages, zeropages=npages)
         self.pv_total = pv_entries
         self.pv_free = pv_entries
-        self.kentered: dict[int, int] = {}
-        self.stale_refs: dict[int, int] = {}
+        self.kentered: list[int] = [0] * npages
+        self.nstale = 0
         self.pmaps: weakref.WeakSet[Pmap] = weakref.WeakSet()
         self.objects: weakref.WeakSet[UvmObject] = weakref.WeakSet()
         self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)

@@ -48,13 +48,19 @@ from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import (
     MD_MODIFIED,
     PMAP_WIRED,
+    KRun,
     Pmap,
-    Pte,
     pmap_clear_modify,
     pmap_enter,
     pmap_kenter_pa,
     pmap_page_writable,
     pmap_remove,
+)
+from ubcfs.vm.pmap import (
+    _clear as pmap_clear_slot,
+)
+from ubcfs.vm.pmap import (
+    _set as pmap_set_slot,
 )
 from ubcfs.vm.uvm import Uvm
 
@@ -381,7 +387,7 @@ def test_rule9_pte_missing_from_its_pv_list(busy_machine: Uvm, pmaps: list[Pmap]
 
 
 def test_rule9_pv_entry_not_in_its_pmap(busy_machine: Uvm, pmaps: list[Pmap]) -> None:
-    del pmaps[1].ptes[VA >> 12]
+    pmap_clear_slot(pmaps[1], VA >> 12)
     pmaps[1].resident_count -= 1
     pmaps[1].wired_count -= 1
     caught(busy_machine, "9", "is not in its pmap")
@@ -401,16 +407,16 @@ def test_rule9_pv_pool_leak(busy_machine: Uvm) -> None:
 
 def test_rule9_kenter_mapping_in_a_user_pmap(busy_machine: Uvm, pmaps: list[Pmap]) -> None:
     pm = pmaps[2]
-    pm.ptes[5] = Pte(pm, 5 << 12, 0, None, int(Prot.READ), True)
+    pmap_set_slot(pm, 5, KRun(pm, 5 << 12, 5, [0], int(Prot.READ)))
     pm.resident_count += 1
     pm.wired_count += 1
-    busy_machine.kentered[0] = busy_machine.kentered.get(0, 0) + 1
+    busy_machine.kentered[0] += 1
     caught(busy_machine, "9", "in a user pmap")
 
 
 def test_rule9_kenter_bookkeeping(busy_machine: Uvm) -> None:
-    pa = next(iter(busy_machine.kentered))
-    busy_machine.kentered[pa] += 1
+    frame = next(i for i, n in enumerate(busy_machine.kentered) if n)
+    busy_machine.kentered[frame] += 1
     caught(busy_machine, "9", "kenter bookkeeping")
 
 
@@ -421,7 +427,9 @@ def test_rule9_empty_pv_list(busy_machine: Uvm, obj: UvmObject) -> None:
 
 def test_rule9_pte_filed_under_the_wrong_va(busy_machine: Uvm, pmaps: list[Pmap]) -> None:
     pm = pmaps[0]
-    pm.ptes[(VA >> 12) + 9] = pm.ptes.pop(VA >> 12)
+    pte = pm.ptes[VA >> 12]
+    pmap_clear_slot(pm, VA >> 12)
+    pmap_set_slot(pm, (VA >> 12) + 9, pte)
     caught(busy_machine, "9", "holds foreign")
 
 

@@ -35,10 +35,12 @@ from ubcfs.vm.pmap import (
     pmap_is_referenced,
     pmap_kenter_pa,
     pmap_kenter_pages,
+    pmap_kentered,
     pmap_kremove,
     pmap_page_protect,
     pmap_protect,
     pmap_remove,
+    pmap_stale_refs,
     pmap_translate,
     pmap_unwire,
     pmap_update,
@@ -77,11 +79,11 @@ def test_pmap_create_registers_and_destroy_tears_down(uvm: Uvm, new_page: NewPag
     pmap_destroy(pm)
     assert pm not in uvm.pmaps
     assert pm.ptes == {}
-    assert pm.stale == {}
+    assert pm.stale == []
     assert (pm.resident_count, pm.wired_count) == (0, 0)
     assert pg.pvlist is None
     assert uvm.pv_free == uvm.pv_total
-    assert uvm.stale_refs == {}
+    assert pmap_stale_refs(uvm) == {}
     pagefree(uvm, pg)
 
 
@@ -175,9 +177,9 @@ def test_pmap_enter_replaces_a_mapping_of_another_page(
     assert (pm.resident_count, pm.wired_count) == (1, 0)
     assert uvm.pv_free == uvm.pv_total - 1
     # The old translation is only invalidated at pmap_update.
-    assert uvm.stale_refs == {old.phys_addr: 1}
+    assert pmap_stale_refs(uvm) == {old.phys_addr: 1}
     pmap_update(pm)
-    assert uvm.stale_refs == {}
+    assert pmap_stale_refs(uvm) == {}
 
 
 def test_pmap_enter_changes_protection_and_wiring_in_place(
@@ -191,7 +193,7 @@ def test_pmap_enter_changes_protection_and_wiring_in_place(
     assert pm.ptes[VA // PS] is pte
     assert (pte.prot, pte.wired) == (RW, True)
     assert (pm.resident_count, pm.wired_count) == (1, 1)
-    assert pm.stale == {}  # raising protection leaves nothing stale
+    assert pm.stale == []  # raising protection leaves nothing stale
     assert uvm.pv_free == uvm.pv_total - 1
     pmap_enter(pm, VA, pg, R, 0)  # lower protection, unwire
     assert (pte.prot, pte.wired) == (R, False)
@@ -384,7 +386,7 @@ def test_pmap_remove_over_a_kenter_mapping_panics_and_leaves_it_alone(
         unmap(kp)
     assert pmap_extract(kp, KVA) == pg.phys_addr
     assert (kp.resident_count, kp.wired_count) == (len(kp.ptes), len(kp.ptes))
-    assert uvm.kentered == {pg.phys_addr: 1}
+    assert pmap_kentered(uvm) == {pg.phys_addr: 1}
     pmap_kremove(kp, KVA, PS)
     pmap_update(kp)
 
@@ -415,7 +417,7 @@ def test_pmap_protect_never_raises(uvm: Uvm, new_page: NewPage, pmaps: list[Pmap
     pmap_enter(pm, VA, pg, R, 0)
     pmap_protect(pm, VA, VA + PS, RW)
     assert pm.ptes[VA // PS].prot == R
-    assert pm.stale == {}
+    assert pm.stale == []
 
 
 @pytest.mark.parametrize("prot", [NONE, int(Prot.EXECUTE), W])
@@ -490,7 +492,7 @@ def test_page_protect_none_removes_every_mapping_wired_included(
     assert uvm.uvmexp.pmap_wired_removed == before + 3
     assert uvm.pv_free == uvm.pv_total - 3
     assert pmap_extract(kp, KVA) == pg.phys_addr  # kenter mapping unaffected
-    assert uvm.stale_refs == {}
+    assert pmap_stale_refs(uvm) == {}
     pmap_kremove(kp, KVA, PS)
     pmap_update(kp)
     pagefree(uvm, pg)
@@ -543,7 +545,7 @@ def test_kenter_is_unmanaged_wired_and_untracked(uvm: Uvm, new_page: NewPage) ->
     pmap_kenter_pa(kp, KVA, pg.phys_addr, RW)
     assert pg.pvlist is None
     assert uvm.pv_free == uvm.pv_total
-    assert uvm.kentered == {pg.phys_addr: 1}
+    assert pmap_kentered(uvm) == {pg.phys_addr: 1}
     assert (kp.resident_count, kp.wired_count) == (1, 1)
     assert kp.ptes[KVA // PS].pg is None
     assert pmap_extract(kp, KVA + 9) == pg.phys_addr + 9
@@ -554,7 +556,7 @@ def test_kenter_is_unmanaged_wired_and_untracked(uvm: Uvm, new_page: NewPage) ->
     pmap_kremove(kp, KVA, PS)
     assert pmap_extract(kp, KVA) is None
     assert (kp.resident_count, kp.wired_count) == (0, 0)
-    assert uvm.kentered == {}
+    assert pmap_kentered(uvm) == {}
     assert uvm.uvmexp.pmap_kremove == 1
     assert load(kp, KVA, 6) == b"kernel"  # stale until pmap_update
     pmap_update(kp)
@@ -585,9 +587,9 @@ def test_kenter_replaces_a_kenter_mapping(uvm: Uvm, new_page: NewPage) -> None:
     pmap_kenter_pa(kp, KVA, a.phys_addr, R)
     pmap_kenter_pa(kp, KVA, b.phys_addr, R)
     assert pmap_extract(kp, KVA) == b.phys_addr
-    assert uvm.kentered == {b.phys_addr: 1}
+    assert pmap_kentered(uvm) == {b.phys_addr: 1}
     assert (kp.resident_count, kp.wired_count) == (1, 1)
-    assert uvm.stale_refs == {a.phys_addr: 1}
+    assert pmap_stale_refs(uvm) == {a.phys_addr: 1}
     pmap_kremove(kp, KVA, PS)
     pmap_update(kp)
 
@@ -620,7 +622,7 @@ def test_kremove_range(uvm: Uvm, new_page: NewPage) -> None:
         False,
         True,
     ]
-    assert uvm.kentered == {pages[0].phys_addr: 1, pages[3].phys_addr: 1}
+    assert pmap_kentered(uvm) == {pages[0].phys_addr: 1, pages[3].phys_addr: 1}
     pmap_kremove(kp, KVA, 4 * PS)
     pmap_update(kp)
     assert kp.ptes == {}
@@ -632,7 +634,7 @@ def test_kenter_pages_is_kenter_pa_of_each_frame(uvm: Uvm, new_page: NewPage) ->
     pmap_kenter_pa(kp, KVA + PS, new_page().phys_addr, R)  # replaced, as kenter_pa would
     pmap_kenter_pages(kp, KVA, [pg.phys_addr for pg in pages], RW)
     assert [pmap_extract(kp, KVA + i * PS) for i in range(3)] == [pg.phys_addr for pg in pages]
-    assert uvm.kentered == {pg.phys_addr: 1 for pg in pages}
+    assert pmap_kentered(uvm) == {pg.phys_addr: 1 for pg in pages}
     assert kp.resident_count == kp.wired_count == 3
     store(kp, KVA + 2 * PS, b"k")
     assert not pages[2].mdattrs  # unmanaged: no referenced/modified bits
@@ -693,17 +695,17 @@ def test_pmap_update_flushes_and_counts(uvm: Uvm, new_page: NewPage, pmaps: list
     pmap_enter(pmaps[1], VA, a, RW, 0)
     pmap_remove(pm, VA, VA + 2 * PS)
     pmap_remove(pmaps[1], VA, VA + PS)
-    assert uvm.stale_refs == {a.phys_addr: 2, b.phys_addr: 1}
+    assert pmap_stale_refs(uvm) == {a.phys_addr: 2, b.phys_addr: 1}
     exp = uvm.uvmexp
     updates, inval = exp.pmap_update, exp.pmap_invalidations
     pmap_update(pm)
-    assert pm.stale == {}
-    assert uvm.stale_refs == {a.phys_addr: 1}  # the other pmap's stays until its update
+    assert pm.stale == []
+    assert pmap_stale_refs(uvm) == {a.phys_addr: 1}  # the other pmap's stays until its update
     assert (exp.pmap_update, exp.pmap_invalidations) == (updates + 1, inval + 2)
     pmap_update(pm)  # nothing deferred: counted, but no invalidation
     assert (exp.pmap_update, exp.pmap_invalidations) == (updates + 2, inval + 2)
     pmap_update(pmaps[1])
-    assert uvm.stale_refs == {}
+    assert pmap_stale_refs(uvm) == {}
 
 
 def test_scenario_16_missing_pmap_update(uvm: Uvm, new_page: NewPage, pmaps: list[Pmap]) -> None:
