@@ -298,10 +298,10 @@ def pagealloc(
         return None
     zeroit = flags & PGA_ZERO
     # Zeroed requests prefer the known-zero list, the others the unknown list.
-    freelist = (
-        (uvm.free_zero or uvm.free_unknown) if zeroit else (uvm.free_unknown or uvm.free_zero)
-    )
-    pg = freelist.pop()
+    if zeroit:
+        pg = uvm.free_zero.pop() if uvm.free_zero else uvm.free_unknown.popleft()
+    else:
+        pg = uvm.free_unknown.popleft() if uvm.free_unknown else uvm.free_zero.pop()
     exp.free = nfree - 1
     if pg.flags & PG_ZERO:
         exp.zeropages -= 1

@@ -381,7 +381,13 @@ class Ubc:
     async def uiomove(self, win: UbcWindow, va: int, length: int, uio: Uio, write: bool) -> int:
         """Copy ``length`` bytes between the window at ``va`` and ``uio`` (kernel: uiomove
         through a UBC window).  Returns 0 or an errno (EFAULT for a bad user buffer or an
-        access past EOF)."""
+        access past EOF).
+
+        Every page is translated through the kernel pmap, as a CPU copy loop would (that
+        sets its referenced/modified bits, or faults); the bytes move with one copy per
+        run of physically contiguous frames.  A pending run is copied before any await,
+        so no frame is touched after the task has slept.
+        """
         uvm = self.uvm
         pmap = self.pmap
         mask = uvm.page_mask
@@ -390,12 +396,17 @@ class Ubc:
         buf = uio.buf
         efault_at = uio.efault_at
         done = 0
+        run_pa = run_n = 0  # the run translated and not yet copied: frames, bytes
         restarted: float | None = None  # when the current access first got ERESTART
         while done < length:
             cur = va + done
             try:
                 pa = pmap_translate(pmap, cur, write)
             except PageFault:
+                if run_n:
+                    _copy(view, run_pa, buf, uio.done, run_n, write)
+                    uio.done += run_n
+                    run_n = 0
                 err = await self.ubc_fault(win, cur, _P_WRITE if write else _P_READ, restarted)
                 if err == errno.ERESTART:
                     if restarted is None:
@@ -405,17 +416,27 @@ class Ubc:
                     return errno.EFAULT if err == errno.EINVAL else err
                 continue
             n = min(length - done, ps - (pa & mask))
-            u = uio.done
-            if efault_at is not None and u + n > efault_at:
-                n = efault_at - u
+            if efault_at is not None and uio.done + run_n + n > efault_at:
+                if run_n:
+                    _copy(view, run_pa, buf, uio.done, run_n, write)
+                    uio.done += run_n
+                n = efault_at - uio.done
                 if n > 0:
-                    _copy(view, pa, buf, u, n, write)
+                    _copy(view, pa, buf, uio.done, n, write)
                     uio.done += n
                 return errno.EFAULT
-            _copy(view, pa, buf, u, n, write)
-            uio.done = u + n
+            if run_n and pa == run_pa + run_n:
+                run_n += n
+            else:
+                if run_n:
+                    _copy(view, run_pa, buf, uio.done, run_n, write)
+                    uio.done += run_n
+                run_pa, run_n = pa, n
             done += n
             restarted = None
+        if run_n:
+            _copy(view, run_pa, buf, uio.done, run_n, write)
+            uio.done += run_n
         return 0
 
     # --- the helpers everything uses ------------------------------------------------------

@@ -7,6 +7,7 @@ There is no module-level state: tests build many small machines side by side.
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,7 +55,10 @@ class Uvm:
     Attributes:
         physmem: the frame arena.
         pages: one VmPage per frame, indexed by frame number (kernel: vm_physmem[].pgs).
-        free_zero, free_unknown: the free lists (stacks) of known-zero and other pages.
+        free_zero, free_unknown: the free lists of known-zero pages (a stack, low frames
+            first) and of the others (a FIFO: frames freed in ascending order are handed
+            out again in that order, so pages allocated together for a run of a file get
+            physically contiguous frames, and a copy moves the run at once).
         active, inactive: the paging queues.
         uvmexp: counters.
         kernel_pmap: the kernel's address space (UBC windows, pager mappings).
@@ -101,7 +105,7 @@ class Uvm:
         self.pages: list[VmPage] = [VmPage(i << shift) for i in range(npages)]
         # Pop from the end: reversed so that low frames are handed out first.
         self.free_zero: list[VmPage] = self.pages[::-1]
-        self.free_unknown: list[VmPage] = []
+        self.free_unknown: deque[VmPage] = deque()
         self.active = PageQueue("active", PQ_ACTIVE)
         self.inactive = PageQueue("inactive", PQ_INACTIVE)
         self.uvmexp = Uvmexp(npages=npages, free=npages, zeropages=npages)
