@@ -30,6 +30,12 @@ file's retry time, with a backoff that doubles per retry; explicit cleaning (PGO
 always writes.  ``getpages`` waits for memory at most ``--writeback-timeout`` seconds while
 write-back fails, then returns the store's errno.
 
+What is per page and what per run: pages are busied, flagged and queued one by one (each
+is a ``VmPage``), but a run of them is read or written with one ``preadv``/``pwritev``
+whose I/O vector holds one view per physically contiguous run of frames; cleaning finds
+the dirty pages through the object's per-leaf dirty tag, and ``putpages`` remembers the
+clusters it started as offset ranges, not per page.
+
 Awaits and atomicity: between two ``await``s a task owns all VM state.  Every ``await`` in
 this module is made while the pages it concerns are PG_BUSY, and everything looked up before
 it is looked up again after it.
@@ -353,7 +359,10 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
     pdaemon = bool(flags & PGO_PDAEMON)
     cleanonly = not flags & (PGO_FREE | PGO_DEACTIVATE)
     result = 0
-    handled: set[int] = set()  # offsets of clusters this call already started
+    # The clusters this call already started, as [first, end) offset ranges in the order
+    # started: each is contiguous, and the main loop goes up, so it need only compare with
+    # the last one.
+    handled: list[tuple[int, int]] = []
     if cleanonly:
         offsets = uobj.dirty_in_range(start, end)  # cleaning only: the dirty pages
     else:
@@ -366,7 +375,7 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
     defer_busy = cleanonly and not pdaemon and bool(flags & PGO_SYNCIO)
     later: list[int] = []
     for off in offsets:
-        if off in handled:
+        if handled and handled[-1][0] <= off < handled[-1][1]:
             continue
         if defer_busy:
             pg = uobj.pages.get(off)
@@ -379,7 +388,7 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
     if later and not result:
         await node.wait_output()
         for off in later:
-            if uobj.pages.is_tagged(off) and off not in handled:
+            if uobj.pages.is_tagged(off) and not any(lo <= off < hi for lo, hi in handled):
                 result = await _put_at(node, off, start, end, flags, handled)
                 if result:
                     break
@@ -391,11 +400,11 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
 
 
 async def _put_at(
-    node: GenfsNode, off: int, start: int, end: int, flags: int, handled: set[int]
+    node: GenfsNode, off: int, start: int, end: int, flags: int, handled: list[tuple[int, int]]
 ) -> int:
     """Putpages for the page at ``off``, if resident: sleep while it is busy (not the
     pagedaemon), then clean / deactivate / free it; a cluster write it needs is started
-    and its pages added to ``handled``.  Returns the errno of a write done synchronously."""
+    and its range added to ``handled``.  Returns the errno of a write done synchronously."""
     uvm = node.uvm
     uobj = node.uobj
     while True:
@@ -411,7 +420,7 @@ async def _put_at(
         buf = _put_one(node, pg, start, end, flags)
         if buf is None:
             return 0
-        handled.update(cp.offset for cp in buf.pages)
+        handled.append((buf.offset, buf.pages[-1].offset + uvm.page_size))
         aio = uvm.aio
         if aio is None or not aio.running:
             # No aiodone daemon (in-process use without an engine): write it now.

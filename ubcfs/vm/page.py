@@ -21,6 +21,12 @@ is locked, as Thorpe's assertion in uvm_pagealloc_strat does.  ``PG_BUSY`` is th
 ownership that survives an ``await``: whoever busies a page owns its identity and contents
 until ``page_unbusy``; others set ``PG_WANTED`` and sleep in ``pagewait``.
 
+What is per page and what per run: a ``VmPage`` is the named per-frame record the rest of
+the code reads; the paging queues are intrusive lists through it (no allocation per entry).
+The object's page table and dirty tag are per run of 32 pages (``ubcfs.vm.object``), and
+the free list of pages of unknown contents is a FIFO, so that frames freed in order come
+back as contiguous runs.
+
 Flags are stored as plain ints.  ``PG``/``PQ``/``PGA`` are the readable ``enum.Flag`` views
 (``pg.pgflags`` shows ``PG.BUSY|PG.CLEAN``); the ``PG_*`` int constants, spelled as in the
 kernel, are what the hot paths use, because ``enum.Flag`` arithmetic costs about a

@@ -22,6 +22,12 @@ invisible to the pmap), activates and unbusies them.  If the copy failed part wa
 page of the window that was not valid before is zeroed first, so garbage is never exposed.
 
 The idle LRU is a ``cachetools.LRUCache`` whose ``popitem`` unmaps the window it evicts.
+
+What is per page and what per run: a window is named, hashed and kept on the LRU as a
+whole; its fast-path pages are kentered and kremoved as one run (one ``KRun``, one stale
+entry); every page is translated through the pmap once per copy, but the bytes move with
+one memcpy per run of physically contiguous frames.  Per page there remain the pmap slot,
+the page's flags and queue links, and its dirty tag bit.
 """
 
 from __future__ import annotations
