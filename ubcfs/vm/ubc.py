@@ -16,10 +16,13 @@ costs no fault.  The pagedaemon may still take those pages: it removes their map
 ``pmap_page_protect`` first.
 
 The extending-write fast path (UBC_FAULTBUSY): ``ubc_alloc`` gets the pages busy and
-unread (PGO_OVERWRITE) and enters them with ``pmap_kenter_pa``; ``ubc_release`` zeroes the
-tail of the last page past the written bytes, clears PG_FAKE and PG_CLEAN (kenter writes are
-invisible to the pmap), activates and unbusies them.  If the copy failed part way, every
-page of the window that was not valid before is zeroed first, so garbage is never exposed.
+unread (PGO_OVERWRITE) and enters them with ``pmap_kenter_pa``; ``ubc_release`` clears
+PG_FAKE and PG_CLEAN (kenter writes are invisible to the pmap), activates and unbusies them.
+The fast path covers whole pages only (``_faultbusy`` panics otherwise), so a copy that
+succeeds has filled every page: there is no tail to zero.  The partial last page of an
+extending write takes the slow path, whose fault zero-fills it.  If the copy failed part
+way, every page of the window that was not valid before is zeroed first, so garbage is
+never exposed.
 
 The idle LRU is a ``cachetools.LRUCache`` whose ``popitem`` unmaps the window it evicts.
 
@@ -286,12 +289,12 @@ class Ubc:
         )
         return 0
 
-    def ubc_release(self, win: UbcWindow, error: int, written_end: int = 0) -> None:
+    def ubc_release(self, win: UbcWindow, error: int) -> None:
         """Drop a use of a window (kernel: ubc_release).
 
         For a UBC_FAULTBUSY window: zero the pages that were never valid if the copy failed
-        (``error``), else the tail of the last page past ``written_end``; mark the pages dirty,
-        activate and unbusy them, and kremove them.  The last user leaves the window on the
+        (``error``; a successful copy filled every page, they are whole); mark the pages
+        dirty, activate and unbusy them, and kremove them.  The last user leaves the window on the
         idle LRU with its managed mappings in place.
         """
         uvm = self.uvm
@@ -301,11 +304,6 @@ class Ubc:
             if error:
                 for pg in win.fakepages:
                     physmem.zero(pg.phys_addr)
-            elif written_end:
-                for pg in win.busypages:
-                    lo = written_end - pg.offset
-                    if 0 < lo < ps:
-                        physmem.zero_range(pg.phys_addr, lo, ps)
             first = win.va + (win.busypages[0].offset - win.offset)
             pmap_kremove(self.pmap, first, len(win.busypages) * ps)
             pmap_update(self.pmap)
@@ -471,7 +469,7 @@ class Ubc:
             if err:
                 return err
             err = await self.uiomove(win, va, n, uio, True)
-            self.ubc_release(win, err, offset + n)
+            self.ubc_release(win, err)
             if err:
                 return err
             offset += n

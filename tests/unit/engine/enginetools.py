@@ -20,7 +20,7 @@ from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vfs.vnops import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from ubcfs.vm import audit
-from ubcfs.vm.page import PG_BUSY, PG_FAKE, PQ_FREE, VmPage, is_dirty
+from ubcfs.vm.page import PG_BUSY, PG_FAKE, PG_ZERO, POISON_BYTE, PQ_FREE, VmPage, is_dirty
 
 PAGE = 4096
 
@@ -172,6 +172,49 @@ def page_settled(pg: VmPage) -> bool:
 
 def backing_size(path: Path | str) -> int:
     return os.stat(path).st_size
+
+
+# --- frames holding junk -------------------------------------------------------------------
+
+JUNK_BYTE = 0x5A  # what junk_free_frames stamps: neither zero nor DIAGNOSTIC's POISON_BYTE
+
+
+def junk_free_frames(eng: Engine, byte: int = JUNK_BYTE) -> int:
+    """Fill the frame of every free page not known to be zero with ``byte``, as a frame's
+    previous owner might have left it (DIAGNOSTIC poisons freed frames with POISON_BYTE; this
+    does not depend on it).  Returns how many frames were filled.  Known-zero (PG_ZERO) free
+    pages are left alone: their frames must stay zero."""
+    uvm = eng.uvm
+    junk = bytes([byte]) * uvm.page_size
+    n = 0
+    for pg in uvm.pages:
+        if pg.pqflags & PQ_FREE and not pg.flags & PG_ZERO:
+            uvm.frame(pg)[:] = junk
+            n += 1
+    return n
+
+
+async def recycle_frames(eng: Engine, path: Path, npages: int) -> int:
+    """Make ``npages`` frames used-and-freed, then junk-filled: read a file of ``npages``
+    pages at ``path`` through the engine, reclaim its vnode (its pages are freed, and
+    allocations take such frames before known-zero ones) and ``junk_free_frames``.  Returns
+    the number of junk frames."""
+    await trio.to_thread.run_sync(path.write_bytes, pattern(0xF00, npages * PAGE))
+    vp = await eng.open(str(path))
+    data = await read_all(eng, vp)
+    assert len(data) == npages * PAGE
+    assert await eng.release(vp) == 0
+    return junk_free_frames(eng)
+
+
+def garbage_note(got: bytes) -> str:
+    """Say whether ``got`` holds junk or poison bytes, for failure messages."""
+    notes = []
+    if bytes([JUNK_BYTE]) * 4 in got:
+        notes.append(f"junk {JUNK_BYTE:#x} (a recycled frame never zeroed)")
+    if bytes([POISON_BYTE]) * 4 in got:
+        notes.append(f"poison {POISON_BYTE:#x} (a freed frame)")
+    return "; ".join(notes) or "no junk or poison runs"
 
 
 # --- gated backing I/O -------------------------------------------------------------------

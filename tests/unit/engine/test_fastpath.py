@@ -150,9 +150,9 @@ class ReleaseSpy:
         self.frames_zero: list[bool] = []
         eng.ubc.ubc_release = self  # type: ignore[method-assign]
 
-    def __call__(self, win: UbcWindow, error: int, written_end: int = 0) -> None:
+    def __call__(self, win: UbcWindow, error: int) -> None:
         fake = list(win.fakepages) if error else []
-        self.original(win, error, written_end)
+        self.original(win, error)
         for pg in fake:
             self.failed_pages.append(pg)
             self.failed_offsets.append(pg.offset)

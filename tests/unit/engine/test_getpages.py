@@ -8,6 +8,7 @@ import errno
 import random
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -26,7 +27,7 @@ from tests.unit.engine.enginetools import (
     page_settled,
     pattern,
 )
-from ubcfs.vm.page import PG_BUSY, PG_FAKE, page_unbusy, pageactivate
+from ubcfs.vm.page import PG_BUSY, PG_FAKE, page_unbusy, page_unbusy_many, pageactivate
 from ubcfs.vm.pager import PGO_FREE, PGO_LOCKED, PGO_SYNCIO
 from ubcfs.vm.param import Prot
 
@@ -241,4 +242,58 @@ async def test_getpages_clamps_at_eof_and_locked_path_never_sleeps(tmp_path: Pat
         assert pages[0].flags & PG_BUSY
         page_unbusy(uvm, pages[0])
         assert_sound(eng)
+        assert await eng.release(vp) == 0
+
+
+# --- overlapping getpages (scenario 11.2 #17) ---------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["low", "high"])
+@pytest.mark.parametrize("release", [(2, 3), (3, 2)], ids=["2-then-3", "3-then-2"])
+async def test_overlapping_getpages_in_opposite_orders_do_not_deadlock(
+    tmp_path: Path, first: str, release: tuple[int, int]
+) -> None:
+    """Two getpages of overlapping ranges from different starting points -- [0, 4) and
+    [2, 6) pages -- started in either order while pages 2 and 3 are held busy by a third
+    party, who lets them go one at a time in either order: both sleep part way through
+    their ranges, and both finish (pages busied in ascending order: no cycle), each with
+    its whole range, valid.  Repeated, because which of two woken sleepers runs first is
+    the scheduler's choice; a deadlock fails the round in 10 s."""
+    path = tmp_path / "f"
+    data = pattern(17, 8 * PAGE)
+    path.write_bytes(data)
+    async with new_engine(params=GenfsParams(readahead=0)).running() as eng:
+        vp = await eng.open(str(path))
+        uvm = eng.uvm
+        for _ in range(8):
+            held = {}
+            for i in (2, 3):
+                err, pages = await getpages(vp, i * PAGE, 1, _READ, PGO_SYNCIO)
+                assert err == 0
+                held[i] = pages[0]
+            got: dict[int, list[int]] = {}
+
+            async def get(start: int, got: dict[int, list[int]]) -> None:
+                err, pages = await getpages(vp, start * PAGE, 4, _READ, PGO_SYNCIO)
+                assert err == 0
+                got[start] = [pg.offset for pg in pages]
+                for pg in pages:
+                    assert frame_bytes(eng, pg) == data[pg.offset : pg.offset + PAGE]
+                    pageactivate(uvm, pg)
+                page_unbusy_many(uvm, pages)
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for start in (0, 2) if first == "low" else (2, 0):
+                        nursery.start_soon(get, start, got)
+                        await trio.testing.wait_all_tasks_blocked()
+                    for i in release:
+                        pageactivate(uvm, held[i])
+                        page_unbusy(uvm, held[i])
+                        await trio.testing.wait_all_tasks_blocked()
+            assert got == {0: [i * PAGE for i in range(4)], 2: [i * PAGE for i in range(2, 6)]}
+            assert all(page_settled(vp.uobj.pages[i * PAGE]) for i in range(6))
+            assert_sound(eng)
+            # Forget the pages, so that the next round reads (and sleeps) again.
+            assert await putpages(vp, 0, 8 * PAGE, PGO_FREE) == 0
         assert await eng.release(vp) == 0
