@@ -670,6 +670,168 @@ async def test_cancel_does_not_abandon_the_thread(
     assert joined(views) == data
 
 
+async def test_cancel_while_queued_leaves_the_views_untouched(
+    arena: Arena, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every thread busy, a cancelled read is withdrawn: Cancelled, nothing written."""
+    started, release = threading.Event(), threading.Event()
+    blocking_offsets: list[int] = []
+
+    def slow(fd: int, views: list[memoryview], offset: int, flags: int = 0) -> int:
+        if flags:
+            raise BlockingIOError(errno.EAGAIN, "fake")
+        blocking_offsets.append(offset)
+        if offset == 0:
+            started.set()
+            release.wait(10)
+        return _real_preadv(fd, views, offset)
+
+    monkeypatch.setattr(os, "preadv", slow)
+    data = randbytes(2 * PAGE)
+    fd = make_file(data)
+    bio = new_bio(threads=1)
+    first, second = arena.frames(1), arena.frames(1, first=1)
+    outcome: list[object] = []
+
+    scope = trio.CancelScope()
+
+    async def reader(views: list[memoryview], offset: int, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                outcome.append(await bio.readv(fd, views, offset))
+            except trio.Cancelled:
+                outcome.append("cancelled")
+                raise
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, first, 0, trio.CancelScope())
+            assert await trio.to_thread.run_sync(started.wait, 10.0)
+            nursery.start_soon(reader, second, PAGE, scope)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()  # the second read waits in the queue behind the first
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == ["cancelled"]
+            release.set()
+    finally:
+        release.set()
+    assert outcome == ["cancelled", (0, PAGE)]  # the running one completed all the same
+    assert joined(first) == data[:PAGE]
+    assert joined(second) == bytes([FILL]) * PAGE  # never read
+    await bio.aclose()
+    assert blocking_offsets == [0]
+    assert bio.stats.reads_threaded == 1
+
+
+async def test_aclose_waits_for_io_in_flight(
+    arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
+) -> None:
+    fake_preadv.delay = 0.02
+    data = randbytes(4 * PAGE)
+    fd = make_file(data)
+    bio = new_bio(threads=2, nowait=False)
+    views = [arena.frames(1, first=i) for i in range(4)]
+    results: list[tuple[int, int]] = []
+
+    async def reader(i: int) -> None:
+        results.append(await bio.readv(fd, views[i], i * PAGE))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(reader, i)
+        await trio.testing.wait_all_tasks_blocked()
+        await bio.aclose()  # two reads running, two queued: all of them finish first
+        assert results == [(0, PAGE)] * 4
+        assert io_threads() == []
+    assert [joined(v) for v in views] == [data[i * PAGE : (i + 1) * PAGE] for i in range(4)]
+
+
+async def test_many_concurrent_reads_and_writes(arena: Arena, make_file: MakeFile) -> None:
+    data = randbytes(32 * PAGE)
+    fd = make_file(data)
+    wfd = make_file(b"")
+    bio = new_bio(threads=3, nowait=False)
+    rviews = [arena.frames(1, first=i) for i in range(32)]
+    wviews = [arena.frames(1, first=32 + i) for i in range(32)]
+    for i, v in enumerate(wviews):
+        v[0][:] = randbytes(PAGE, seed=100 + i)
+    results: dict[tuple[str, int], tuple[int, int]] = {}
+
+    async def read(i: int) -> None:
+        results["r", i] = await bio.readv(fd, rviews[i], i * PAGE)
+
+    async def write(i: int) -> None:
+        results["w", i] = await bio.writev(wfd, wviews[i], i * PAGE)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(32):
+            nursery.start_soon(read, i)
+            nursery.start_soon(write, i)
+    assert set(results.values()) == {(0, PAGE)}
+    assert b"".join(joined(v) for v in rviews) == data
+    assert os.pread(wfd, 32 * PAGE, 0) == b"".join(joined(v) for v in wviews)
+    assert bio.stats.reads_threaded == bio.stats.writes == 32
+    assert bio.threads.statistics()["deliveries"] <= 64
+
+
+# --- read-ahead (start_readv) ---------------------------------------------------------------
+
+
+async def test_start_readv_reads_in_a_thread_without_nowait(
+    arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
+) -> None:
+    data = randbytes(3 * PAGE)
+    fd = make_file(data)
+    bio = new_bio()
+    views = arena.frames(3)
+    pending = bio.start_readv(fd, views, 0)
+    assert await pending.finish() == (0, 3 * PAGE)
+    assert joined(views) == data
+    assert fake_preadv.nowait_calls == []  # read-ahead skips the inline attempt
+    assert [c.in_thread for c in fake_preadv.blocking_calls] == [True]
+    assert (bio.stats.reads_ahead, bio.stats.reads_threaded, bio.stats.bytes_read) == (
+        1,
+        1,
+        3 * PAGE,
+    )
+
+
+async def test_start_readv_at_eof_is_short(arena: Arena, make_file: MakeFile) -> None:
+    data = randbytes(PAGE + 100)
+    fd = make_file(data)
+    bio = new_bio()
+    views = arena.frames(3)
+    assert await bio.start_readv(fd, views, 0).finish() == (0, PAGE + 100)
+    assert joined(views)[: PAGE + 100] == data
+    assert joined(views)[PAGE + 100 :] == bytes([FILL]) * (2 * PAGE - 100)  # caller zeroes
+    assert await bio.start_readv(fd, arena.frames(1, first=5), 8 * PAGE).finish() == (0, 0)
+
+
+async def test_start_readv_fault_is_injected_before_issue(
+    arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
+) -> None:
+    fd = make_file(randbytes(PAGE))
+    bio = new_bio()
+    bio.injector.arm(IOKind.READ, errno.EIO, 1)
+    pending = bio.start_readv(fd, arena.frames(1), 0)
+    assert fake_preadv.calls == []
+    assert await pending.finish() == (errno.EIO, 0)
+    assert fake_preadv.calls == []
+    assert bio.stats.injected_failures == 1
+    assert bio.stats.errors == 1
+    assert await bio.start_readv(fd, [], 0).finish() == (0, 0)  # empty: no I/O either
+    assert fake_preadv.calls == []
+
+
+async def test_start_readv_errors_are_errnos(arena: Arena, tmp_path: Path) -> None:
+    bio = new_bio()
+    assert await bio.start_readv(closed_fd(tmp_path), arena.frames(1), 0).finish() == (
+        errno.EBADF,
+        0,
+    )
+    assert bio.stats.errors == 1
+
+
 # --- writes ------------------------------------------------------------------------------------
 
 
