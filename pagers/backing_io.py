@@ -58,10 +58,10 @@ fail with a chosen errno, before any I/O is issued (``ubcfs ctl inject``).  FSYN
 FALLOCATE are kinds of their own: an armed backing-write fault does not make fsync or
 fallocate fail, and vice versa.
 
-Read-ahead (``start_readv``) queues its read at once and returns a ``PendingRead``: the
-preadv runs in a worker while the trio thread goes on copying the data the reader asked for,
-and ``PendingRead.finish()`` later collects the result.  It skips the RWF_NOWAIT attempt
-(nobody waits for read-ahead, and the copy is better made off the trio thread).
+Read-ahead (``start_readv``) does the same RWF_NOWAIT attempt, but returns at once with a
+``PendingRead``: what the attempt did not serve is queued to a worker now, so that the disk
+read runs while the trio thread goes on copying the data the reader asked for, and
+``PendingRead.finish()`` later collects the result (``readv`` is ``start`` + ``finish``).
 
 Thread-safety rule, and what a page may be across each await
 ------------------------------------------------------------
@@ -228,8 +228,8 @@ class BackingStats:
         nowait_eof: RWF_NOWAIT attempts that came back short because EOF was reached
             (checked with fstat), so no hop was needed.
         nowait_unsupported: fds found not to support RWF_NOWAIT.
-        reads_ahead: reads started with ``start_readv`` (read-ahead, always threaded; they
-            count in ``reads_threaded`` too).
+        reads_ahead: reads started with ``start_readv`` (read-ahead); they count in the
+            other read counters too.
         writes: writev calls that issued I/O.
         fsyncs: fsync calls that issued I/O.
         fallocates: fallocate calls made on backing files (failed ones included).
@@ -414,50 +414,52 @@ class BackingIO:
         => may sleep (worker thread), but does not yield when served inline.
         => once a thread is started the read completes, even if cancelled (see module doc).
         """
+        return await self._start_read(fd, views, offset).finish()
+
+    def start_readv(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
+        """Start reading the file bytes at ``offset`` into ``views`` and return at once
+        (read-ahead): what the inline RWF_NOWAIT attempt does not serve is queued to a
+        worker thread now, so the read runs while the trio thread goes on copying.
+
+        Returns:
+            a ``PendingRead``; ``await`` its ``finish()`` for what ``readv`` would return
+            (at once when the read was served inline or a fault was injected).
+
+        => the caller holds the pages behind ``views`` BUSY until ``finish()`` has returned.
+        => never sleeps.
+        """
+        self.stats.reads_ahead += 1
+        return self._start_read(fd, views, offset)
+
+    def _start_read(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
+        """Everything of a read up to the hop: injection, the RWF_NOWAIT attempt, and the
+        queueing of the rest to a worker."""
         err = self._injected(IOKind.READ)
         if err:
-            return err, 0
+            return PendingRead(self, None, (err, 0))
         want = _cluster_bytes(views, offset)
         if want == 0:
-            return 0, 0
+            return PendingRead(self, None, (0, 0))
         done = 0
         suspect = False
         if self.nowait and fd not in self._nowait_off:
             res = self._read_nowait(fd, views, offset, want)
             if isinstance(res, tuple):
-                return res
+                return PendingRead(self, None, res)
             if res is _Nowait.SUSPECT:
                 suspect = True
             else:
                 done = res
-        err, n = await self.threads.run(_preadv_blocking, fd, _advance(views, done), offset + done)
+        req = self.threads.start(_preadv_blocking, fd, _advance(views, done), offset + done)
+        return PendingRead(self, req, (0, done), fd if suspect else -1)
+
+    def _thread_read_done(self, err: int, nbytes: int, suspect_fd: int) -> tuple[int, int]:
         self.stats.reads_threaded += 1
-        if suspect and err != errno.EINVAL:
+        if suspect_fd >= 0 and err != errno.EINVAL:
             # The read works without the flag, so it was the flag that was refused.
-            self._nowait_off.add(fd)
+            self._nowait_off.add(suspect_fd)
             self.stats.nowait_unsupported += 1
-        return self._read_done(err, done + n)
-
-    def start_readv(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
-        """Start reading the file bytes at ``offset`` into ``views`` in a worker thread now,
-        and return at once (read-ahead: the read runs while the trio thread goes on).
-
-        No RWF_NOWAIT attempt: that rule saves a *waiting* caller the hop, but nobody waits
-        for read-ahead yet, and the worker's blocking preadv of cached data is the same copy,
-        made off the trio thread.  An injected fault is taken here, before any I/O.
-
-        Returns:
-            a ``PendingRead``; ``await`` its ``finish()`` for what ``readv`` would return.
-
-        => the caller holds the pages behind ``views`` BUSY until ``finish()`` has returned.
-        => never sleeps.
-        """
-        err = self._injected(IOKind.READ)
-        if err:
-            return PendingRead(self, None, err)
-        if _cluster_bytes(views, offset) == 0:
-            return PendingRead(self, None, 0)
-        return PendingRead(self, self.threads.start(_preadv_blocking, fd, views, offset), 0)
+        return self._read_done(err, nbytes)
 
     def _read_nowait(
         self, fd: int, views: list[memoryview], offset: int, want: int
@@ -561,26 +563,34 @@ class BackingIO:
 
 
 class PendingRead:
-    """A read started by ``BackingIO.start_readv``."""
+    """A read started by ``BackingIO.readv``/``start_readv``: finished inline already, or
+    with its remainder queued to a worker thread."""
 
-    __slots__ = ("_bio", "_err", "_req")
+    __slots__ = ("_bio", "_req", "_res", "_suspect_fd")
 
-    def __init__(self, bio: BackingIO, req: IoRequest[tuple[int, int]] | None, err: int) -> None:
+    def __init__(
+        self,
+        bio: BackingIO,
+        req: IoRequest[tuple[int, int]] | None,
+        res: tuple[int, int],
+        suspect_fd: int = -1,
+    ) -> None:
         self._bio = bio
         self._req = req
-        self._err = err  # the result when no I/O was issued (injected fault, empty cluster)
+        # Without req: the final result (already counted).  With it: (0, bytes read inline).
+        self._res = res
+        self._suspect_fd = suspect_fd  # the fd whose RWF_NOWAIT attempt got EINVAL, or -1
 
     async def finish(self) -> tuple[int, int]:
         """Wait for the read; returns ``(0, nbytes)`` or ``(errno, nbytes_before_error)`` as
         ``BackingIO.readv`` does (fewer bytes than asked means EOF).
 
-        => may sleep; a read already running completes even if the caller is cancelled
-           (only a read still queued is withdrawn, with nothing written to its views).
+        => may sleep; does not yield when the read was served inline.  A read a worker has
+           begun completes even if the caller is cancelled; one still queued is withdrawn,
+           with nothing written to its views by the thread.
         """
-        bio = self._bio
-        if self._req is None:
-            return bio._read_done(self._err, 0) if self._err else (0, 0)
-        err, n = await self._req.wait()
-        bio.stats.reads_threaded += 1
-        bio.stats.reads_ahead += 1
-        return bio._read_done(err, n)
+        req = self._req
+        if req is None:
+            return self._res
+        err, n = await req.wait()
+        return self._bio._thread_read_done(err, self._res[1] + n, self._suspect_fd)

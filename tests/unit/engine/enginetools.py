@@ -308,7 +308,7 @@ class _GatedRead(PendingRead):
     def __init__(
         self, bio: GatedIO, gate: Gate, fd: int, views: list[memoryview], offset: int
     ) -> None:
-        super().__init__(bio, None, 0)
+        super().__init__(bio, None, (0, 0))
         self._gate = gate
         self._args = (fd, views, offset)
 

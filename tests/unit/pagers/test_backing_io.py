@@ -777,23 +777,32 @@ async def test_many_concurrent_reads_and_writes(arena: Arena, make_file: MakeFil
 # --- read-ahead (start_readv) ---------------------------------------------------------------
 
 
-async def test_start_readv_reads_in_a_thread_without_nowait(
+@needs_nowait
+async def test_start_readv_queues_what_nowait_did_not_serve(
     arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
 ) -> None:
     data = randbytes(3 * PAGE)
     fd = make_file(data)
     bio = new_bio()
+    fake_preadv.nowait = short(PAGE)
     views = arena.frames(3)
     pending = bio.start_readv(fd, views, 0)
+    assert [c.offset for c in fake_preadv.nowait_calls] == [0]
     assert await pending.finish() == (0, 3 * PAGE)
     assert joined(views) == data
-    assert fake_preadv.nowait_calls == []  # read-ahead skips the inline attempt
-    assert [c.in_thread for c in fake_preadv.blocking_calls] == [True]
+    assert [(c.offset, c.in_thread) for c in fake_preadv.blocking_calls] == [(PAGE, True)]
     assert (bio.stats.reads_ahead, bio.stats.reads_threaded, bio.stats.bytes_read) == (
         1,
         1,
         3 * PAGE,
     )
+    fake_preadv.nowait = cached
+    views = arena.frames(2, first=3)
+    pending = bio.start_readv(fd, views, PAGE)
+    assert joined(views) == data[PAGE:]  # served inline, before finish
+    with trio.testing.assert_no_checkpoints():
+        assert await pending.finish() == (0, 2 * PAGE)
+    assert bio.stats.reads_inline == 1
 
 
 async def test_start_readv_at_eof_is_short(arena: Arena, make_file: MakeFile) -> None:
@@ -818,13 +827,13 @@ async def test_start_readv_fault_is_injected_before_issue(
     assert await pending.finish() == (errno.EIO, 0)
     assert fake_preadv.calls == []
     assert bio.stats.injected_failures == 1
-    assert bio.stats.errors == 1
     assert await bio.start_readv(fd, [], 0).finish() == (0, 0)  # empty: no I/O either
     assert fake_preadv.calls == []
 
 
-async def test_start_readv_errors_are_errnos(arena: Arena, tmp_path: Path) -> None:
-    bio = new_bio()
+@pytest.mark.parametrize("nowait", [True, False])
+async def test_start_readv_errors_are_errnos(arena: Arena, tmp_path: Path, nowait: bool) -> None:
+    bio = new_bio(nowait=nowait)
     assert await bio.start_readv(closed_fd(tmp_path), arena.frames(1), 0).finish() == (
         errno.EBADF,
         0,
