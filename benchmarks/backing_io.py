@@ -18,7 +18,12 @@ thread hop for cold rows.  Cases:
   are virtio-disk reads), 4 KiB / 64 KiB: ``to_thread(preadv)`` against ``BackingIO.readv``
   (EAGAIN, then the same hop);
 * ``os.pwritev`` inline (reference only: the pager never writes inline) and in a thread,
-  64 KiB / 1 MiB.
+  64 KiB / 1 MiB;
+* the thread hop itself (``--hops`` runs only these): the round trip of a no-op and of a
+  cached 4 KiB ``os.preadv`` through ``trio.to_thread.run_sync`` against the long-lived
+  ``IoThreads`` pool that ``BackingIO`` uses, as the median of many single round trips; and
+  8 no-ops started at once and awaited together (the pool batches their completions), per
+  no-op.
 
 The machine is shared and noisy: compare rows of one run, not runs with each other.
 """
@@ -40,6 +45,7 @@ from pathlib import Path
 import trio
 
 from pagers.backing_io import RWF_NOWAIT, BackingIO
+from pagers.iothreads import IoThreads
 
 PAGE = 4096
 FILE_SIZE = 64 << 20
@@ -85,6 +91,74 @@ async def measure(op: Op, offsets: list[int], seconds: float) -> float:
     return statistics.median(per_call)
 
 
+async def median_each(op: Callable[[], Awaitable[object]], calls: int) -> float:
+    """Median µs of ``calls`` single round trips of ``op`` (after a warm-up)."""
+    for _ in range(50):
+        await op()
+    times: list[float] = []
+    clock = time.perf_counter
+    for _ in range(calls):
+        t0 = clock()
+        await op()
+        times.append(clock() - t0)
+    return statistics.median(times) * 1e6
+
+
+def _noop() -> None:
+    return None
+
+
+async def hop_cases(fd: int, arena: memoryview, calls: int) -> list[Row]:
+    """The hop alone, to_thread against the pool; ``fd`` is a host-cached file."""
+    pool = IoThreads(8)
+    view = [arena[:PAGE]]
+    rng = random.Random(3)
+
+    def offset() -> int:
+        return rng.randrange(FILE_SIZE // PAGE) * PAGE
+
+    async def thread_noop() -> object:
+        return await trio.to_thread.run_sync(_noop)
+
+    async def pool_noop() -> object:
+        return await pool.run(_noop)
+
+    async def thread_read() -> object:
+        return await trio.to_thread.run_sync(os.preadv, fd, view, offset())
+
+    async def pool_read() -> object:
+        return await pool.run(os.preadv, fd, view, offset())
+
+    async def thread_noop8() -> object:
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(thread_noop)
+        return None
+
+    async def pool_noop8() -> object:
+        reqs = [pool.start(_noop) for _ in range(8)]
+        for req in reqs:
+            await req.wait()
+        return None
+
+    try:
+        t_noop = "hop: to_thread(no-op)"
+        t_read = "hop: to_thread(preadv)"
+        t_noop8 = "hop: to_thread(no-op) x8, per op"
+        rows = [
+            Row(t_noop, 0, await median_each(thread_noop, calls)),
+            Row("hop: IoThreads.run(no-op)", 0, await median_each(pool_noop, calls), t_noop),
+            Row(t_read, PAGE, await median_each(thread_read, calls)),
+            Row("hop: IoThreads.run(preadv)", PAGE, await median_each(pool_read, calls), t_read),
+            Row(t_noop8, 0, await median_each(thread_noop8, calls // 8) / 8),
+        ]
+        us = await median_each(pool_noop8, calls // 8) / 8
+        rows.append(Row("hop: IoThreads no-op x8, per op", 0, us, t_noop8))
+        return rows
+    finally:
+        await pool.aclose()
+
+
 def frames(arena: memoryview, size: int) -> list[memoryview]:
     return [arena[a : a + PAGE] for a in range(0, size, PAGE)]
 
@@ -107,7 +181,7 @@ def nowait_works(fd: int) -> bool:
     return RWF_NOWAIT != 0
 
 
-async def run(directory: str | None, seconds: float) -> list[Row]:
+async def run(directory: str | None, seconds: float, hops: int, hops_only: bool) -> list[Row]:
     rows: list[Row] = []
     rng = random.Random(2)
     amap = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -119,11 +193,14 @@ async def run(directory: str | None, seconds: float) -> list[Row]:
         if not inline_ok:
             print(f"note: {tmp} refuses RWF_NOWAIT: no inline rows", file=sys.stderr)
         try:
-            for size in SIZES:
+            rows += await hop_cases(fd, arena, hops)
+            for size in () if hops_only else SIZES:
                 offs = [rng.randrange(FILE_SIZE // size) * size for _ in range(N_OFFSETS)]
                 views = frames(arena, size)
                 rows += await read_cases(fd, views, size, offs, seconds, inline_ok)
                 views.clear()
+            if hops_only:
+                return rows
             rows += await eof_case(Path(tmp), arena, seconds)
             os.fsync(fd)  # clean pages, so that fadvise(DONTNEED) can drop them
             for size in SIZES[:2]:
@@ -242,17 +319,19 @@ def print_table(rows: list[Row]) -> None:
         ratio = ""
         if r.ref is not None and (r.ref, r.size) in by_key:
             ratio = f"{r.us / by_key[(r.ref, r.size)]:.1f}×"
-        mbs = r.size / r.us  # bytes per µs == MB/s
-        print(f"{r.name:{w}} {human(r.size):>7} {r.us:9.1f} {mbs:8.0f} {ratio:>9}")
+        mbs = f"{r.size / r.us:8.0f}" if r.size else f"{'':8}"  # bytes per µs == MB/s
+        print(f"{r.name:{w}} {human(r.size):>7} {r.us:9.1f} {mbs} {ratio:>9}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dir", help="directory for the 64 MiB test file (default: $TMPDIR)")
     parser.add_argument("--seconds", type=float, default=0.12, help="length of one batch")
+    parser.add_argument("--hop-calls", type=int, default=4000, help="round trips per hop row")
+    parser.add_argument("--hops", action="store_true", help="only the thread-hop rows")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = trio.run(run, args.dir, args.seconds)
+    rows = trio.run(run, args.dir, args.seconds, args.hop_calls, args.hops)
     load = os.getloadavg()
     print(
         f"python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} CPUs, "

@@ -44,6 +44,7 @@ it is looked up again after it.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -96,6 +97,7 @@ from ubcfs.vm.pmap import (
 
 if TYPE_CHECKING:
     from genfs.node import GenfsNode
+    from pagers.backing_io import PendingRead
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +209,8 @@ def _lookup_valid(node: GenfsNode, offset: int, npages: int, write: bool) -> lis
 async def _read_fake_pages(node: GenfsNode, pages: list[VmPage]) -> int:
     """Fill the PG_FAKE pages of ``pages``: one preadv per run of contiguous FAKE pages, and
     zeroes past EOF.  => the pages are busy and owned by the caller."""
-    uvm = node.uvm
-    ps = uvm.page_size
-    physmem = uvm.physmem
-    exp = uvm.uvmexp
+    ps = node.uvm.page_size
+    exp = node.uvm.uvmexp
     i = 0
     n = len(pages)
     while i < n:
@@ -221,32 +221,52 @@ async def _read_fake_pages(node: GenfsNode, pages: list[VmPage]) -> int:
         while j < n and pages[j].flags & PG_FAKE and pages[j].offset == pages[j - 1].offset + ps:
             j += 1
         run = pages[i:j]
-        start = run[0].offset
-        # Only data below EOF comes from the backing file; the rest is zero-filled.
-        nbytes = max(0, min(len(run) * ps, node.size - start))
-        nread = 0
+        views, nbytes = _run_views(node, run)
+        err = nread = 0
         if nbytes:
-            nio = (nbytes + ps - 1) // ps
-            views = physmem.iovecs([pg.phys_addr for pg in run[:nio]], nbytes)
             exp.pgpgin_io += 1
-            err, nread = await node.io.readv(node.fd, views, start)
-            if err:
-                exp.read_errors += 1
-                log.warning(
-                    "%s: read of %d bytes at %d failed: errno %d", node.name, nbytes, start, err
-                )
-                return err
-            exp.pageins += nio
-        if nread < len(run) * ps:
-            # Past EOF (or a short read): zero what the read did not fill.
-            for k, pg in enumerate(run):
-                lo = max(0, nread - k * ps)
-                if lo == 0:
-                    physmem.zero(pg.phys_addr)
-                    exp.zero_fills += 1
-                elif lo < ps:
-                    physmem.zero_range(pg.phys_addr, lo, ps)
+            err, nread = await node.io.readv(node.fd, views, run[0].offset)
+        err = _run_read_done(node, run, nbytes, err, nread)
+        if err:
+            return err
         i = j
+    return 0
+
+
+def _run_views(node: GenfsNode, run: list[VmPage]) -> tuple[list[memoryview], int]:
+    """The frame views of the part of a run of contiguous pages that lies below EOF, and its
+    size in bytes (only that part comes from the backing file; the rest is zero-filled)."""
+    ps = node.uvm.page_size
+    nbytes = max(0, min(len(run) * ps, node.size - run[0].offset))
+    if not nbytes:
+        return [], 0
+    nio = (nbytes + ps - 1) // ps
+    return node.uvm.physmem.iovecs([pg.phys_addr for pg in run[:nio]], nbytes), nbytes
+
+
+def _run_read_done(node: GenfsNode, run: list[VmPage], nbytes: int, err: int, nread: int) -> int:
+    """Account for the read of a run's ``nbytes`` below EOF and zero what it did not fill;
+    returns ``err``.  => the run's pages are busy and owned by the caller."""
+    uvm = node.uvm
+    ps = uvm.page_size
+    exp = uvm.uvmexp
+    physmem = uvm.physmem
+    if err:
+        exp.read_errors += 1
+        log.warning(
+            "%s: read of %d bytes at %d failed: errno %d", node.name, nbytes, run[0].offset, err
+        )
+        return err
+    exp.pageins += (nbytes + ps - 1) // ps
+    if nread < len(run) * ps:
+        # Past EOF (or a short read): zero what the read did not fill.
+        for k, pg in enumerate(run):
+            lo = max(0, nread - k * ps)
+            if lo == 0:
+                physmem.zero(pg.phys_addr)
+                exp.zero_fills += 1
+            elif lo < ps:
+                physmem.zero_range(pg.phys_addr, lo, ps)
     return 0
 
 
@@ -303,14 +323,26 @@ def readahead(node: GenfsNode, start: int, end: int) -> None:
             return  # at the end, or memory is short
         exp.readahead_pages += len(run)
         node.output_start()
-        aio.start_async(_async_read, Buf(run, run[0].offset, False, _read_iodone, node))
+        # The preadv is queued to an I/O thread now, so that it runs while this task goes on
+        # to copy the pages its reader asked for; the aio task only collects the result.
+        views, nbytes = _run_views(node, run)
+        pending = node.io.start_readv(node.fd, views, run[0].offset) if nbytes else None
+        if pending is not None:
+            exp.pgpgin_io += 1
+        io = functools.partial(_async_read, pending, nbytes)
+        aio.start_async(io, Buf(run, run[0].offset, False, _read_iodone, node))
         if exp.free <= exp.freemin:
             return
 
 
-async def _async_read(buf: Buf) -> None:
+async def _async_read(pending: PendingRead | None, nbytes: int, buf: Buf) -> None:
+    """Collect a read-ahead started by ``readahead``.  => the pages are busy and PG_FAKE,
+    owned by ``buf``, across the await (the I/O thread fills their frames)."""
     node: GenfsNode = buf.owner  # type: ignore[assignment]
-    buf.error = await _read_fake_pages(node, buf.pages)
+    err = nread = 0
+    if pending is not None:
+        err, nread = await pending.finish()
+    buf.error = _run_read_done(node, buf.pages, nbytes, err, nread)
 
 
 def _read_iodone(buf: Buf) -> None:

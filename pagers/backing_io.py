@@ -10,9 +10,13 @@ single syscall (and at most a single thread hop) carries every page of the clust
 straight between the backing file and the frames; there are no Python byte loops and no
 intermediate ``bytes``.
 
-Reads try the cheap path first.  A ``trio.to_thread`` hop costs 110-240 µs on these machines
-(fuse-notes §1.4 and §5.3), more than a whole FUSE round trip (~85 µs), while a 4 KiB
-``preadv`` of data already in the host page cache takes ~3 µs.  So ``readv`` first calls
+Blocking calls run in long-lived worker threads (``pagers.iothreads.IoThreads``): a queue
+put to hand a call over, one trio wake-up per batch of completions to hand results back,
+instead of a ``trio.to_thread`` hop per call (110-240 µs on these machines, fuse-notes §1.4
+and §5.3; the pool's round trip is measured in ``benchmarks/backing_io.py``).
+
+Reads try the cheap path first.  Even the pool's hop costs more than a 4 KiB ``preadv`` of
+data already in the host page cache (~3 µs).  So ``readv`` first calls
 ``os.preadv(..., os.RWF_NOWAIT)`` inline, on the trio thread: the kernel copies whatever is
 cached and never sleeps on the disk.  Then:
 
@@ -54,17 +58,25 @@ fail with a chosen errno, before any I/O is issued (``ubcfs ctl inject``).  FSYN
 FALLOCATE are kinds of their own: an armed backing-write fault does not make fsync or
 fallocate fail, and vice versa.
 
-Thread-safety rule
-------------------
+Read-ahead (``start_readv``) does the same RWF_NOWAIT attempt, but returns at once with a
+``PendingRead``: what the attempt did not serve is queued to a worker now, so that the disk
+read runs while the trio thread goes on copying the data the reader asked for, and
+``PendingRead.finish()`` later collects the result (``readv`` is ``start`` + ``finish``).
+
+Thread-safety rule, and what a page may be across each await
+------------------------------------------------------------
 A worker thread touches only the memoryviews handed in, and the caller holds the pages
 behind them BUSY for the whole call.  Threads never see VM metadata, the injector or the
-counters: those are read and updated on the trio thread only, before and after the hop, so
-they need no locks.  Hops use ``abandon_on_cancel=False``: once a thread has started, the
-I/O finishes and its result is returned even if the caller was cancelled meanwhile (the
-cancellation is then delivered at the caller's next checkpoint), because a frame must never
-be unbusied, freed or reused while a thread may still write into it.  A cancellation can
-only come before the thread starts (while waiting for a ``limiter`` token); the views then
-hold whatever the inline attempt put there, and they are still the caller's.
+counters: those are read and updated on the trio thread only, before the call is queued and
+after its result is delivered, so they need no locks.  Across the one ``await`` of
+``readv``/``writev``/``fsync``/``fallocate`` (and ``PendingRead.finish``) the pages stay BUSY
+and owned by the caller (a read fills their frames; a write only reads them); nothing
+here changes their flags.  Once a worker has claimed a call it finishes, and its result is
+returned even if the caller was cancelled meanwhile (the cancellation is then delivered at
+the caller's next checkpoint), because a frame must never be unbusied, freed or reused while
+a thread may still write into it.  A cancellation takes effect only while the call is still
+queued (all threads busy): the call is withdrawn without running, ``Cancelled`` is raised,
+the views hold whatever the inline attempt put there, and they are still the caller's.
 
 Checkpoints: a read served inline returns without yielding to trio (that is the point), so
 ``readv`` is not a guaranteed checkpoint.  Callers must already re-verify their state after
@@ -81,8 +93,7 @@ import os
 from collections.abc import Callable
 from typing import Final, cast
 
-import trio
-
+from pagers.iothreads import IoRequest, IoThreads
 from ubcfs.vm import diag
 
 # 0 when the platform has no preadv2 flags (not Linux): reads then always use the thread.
@@ -217,6 +228,8 @@ class BackingStats:
         nowait_eof: RWF_NOWAIT attempts that came back short because EOF was reached
             (checked with fstat), so no hop was needed.
         nowait_unsupported: fds found not to support RWF_NOWAIT.
+        reads_ahead: reads started with ``start_readv`` (read-ahead); they count in the
+            other read counters too.
         writes: writev calls that issued I/O.
         fsyncs: fsync calls that issued I/O.
         fallocates: fallocate calls made on backing files (failed ones included).
@@ -232,6 +245,7 @@ class BackingStats:
     nowait_partial: int = 0
     nowait_eof: int = 0
     nowait_unsupported: int = 0
+    reads_ahead: int = 0
     writes: int = 0
     fsyncs: int = 0
     fallocates: int = 0
@@ -341,26 +355,37 @@ class BackingIO:
 
     Args:
         injector: fault injector consulted before every I/O (a private one if None).
-        limiter: caps the worker threads used for backing I/O (trio's default if None).
+        threads: worker threads for backing I/O (the most I/Os in progress at once).
         nowait: try reads inline with RWF_NOWAIT first (off: every read uses a thread).
 
     Attributes:
         stats: ``BackingStats`` counters.
+        threads: the ``IoThreads`` the I/Os run in; started at the first I/O that needs a
+            thread, stopped by ``aclose``/``close``.
     """
 
-    __slots__ = ("_nowait_off", "injector", "limiter", "nowait", "stats")
+    __slots__ = ("_nowait_off", "injector", "nowait", "stats", "threads")
 
     def __init__(
         self,
         injector: FaultInjector | None = None,
-        limiter: trio.CapacityLimiter | None = None,
+        threads: int = 8,
         nowait: bool = True,
     ) -> None:
         self.injector = injector if injector is not None else FaultInjector()
-        self.limiter = limiter
+        self.threads = IoThreads(threads)
         self.nowait = nowait and RWF_NOWAIT != 0
         self.stats = BackingStats()
         self._nowait_off: set[int] = set()  # fds whose file system refused RWF_NOWAIT
+
+    async def aclose(self) -> None:
+        """Wait for the I/Os in flight, then stop the worker threads (engine shutdown).
+        => may sleep."""
+        await self.threads.aclose()
+
+    def close(self) -> None:
+        """Stop the worker threads outside a trio run; no I/O may be in flight."""
+        self.threads.close()
 
     def forget(self, fd: int) -> None:
         """Drop what is remembered about ``fd``; call it when the backing fd is closed."""
@@ -389,36 +414,52 @@ class BackingIO:
         => may sleep (worker thread), but does not yield when served inline.
         => once a thread is started the read completes, even if cancelled (see module doc).
         """
+        return await self._start_read(fd, views, offset).finish()
+
+    def start_readv(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
+        """Start reading the file bytes at ``offset`` into ``views`` and return at once
+        (read-ahead): what the inline RWF_NOWAIT attempt does not serve is queued to a
+        worker thread now, so the read runs while the trio thread goes on copying.
+
+        Returns:
+            a ``PendingRead``; ``await`` its ``finish()`` for what ``readv`` would return
+            (at once when the read was served inline or a fault was injected).
+
+        => the caller holds the pages behind ``views`` BUSY until ``finish()`` has returned.
+        => never sleeps.
+        """
+        self.stats.reads_ahead += 1
+        return self._start_read(fd, views, offset)
+
+    def _start_read(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
+        """Everything of a read up to the hop: injection, the RWF_NOWAIT attempt, and the
+        queueing of the rest to a worker."""
         err = self._injected(IOKind.READ)
         if err:
-            return err, 0
+            return PendingRead(self, None, (err, 0))
         want = _cluster_bytes(views, offset)
         if want == 0:
-            return 0, 0
+            return PendingRead(self, None, (0, 0))
         done = 0
         suspect = False
         if self.nowait and fd not in self._nowait_off:
             res = self._read_nowait(fd, views, offset, want)
             if isinstance(res, tuple):
-                return res
+                return PendingRead(self, None, res)
             if res is _Nowait.SUSPECT:
                 suspect = True
             else:
                 done = res
-        err, n = await trio.to_thread.run_sync(
-            _preadv_blocking,
-            fd,
-            _advance(views, done),
-            offset + done,
-            limiter=self.limiter,
-            abandon_on_cancel=False,
-        )
+        req = self.threads.start(_preadv_blocking, fd, _advance(views, done), offset + done)
+        return PendingRead(self, req, (0, done), fd if suspect else -1)
+
+    def _thread_read_done(self, err: int, nbytes: int, suspect_fd: int) -> tuple[int, int]:
         self.stats.reads_threaded += 1
-        if suspect and err != errno.EINVAL:
+        if suspect_fd >= 0 and err != errno.EINVAL:
             # The read works without the flag, so it was the flag that was refused.
-            self._nowait_off.add(fd)
+            self._nowait_off.add(suspect_fd)
             self.stats.nowait_unsupported += 1
-        return self._read_done(err, done + n)
+        return self._read_done(err, nbytes)
 
     def _read_nowait(
         self, fd: int, views: list[memoryview], offset: int, want: int
@@ -477,9 +518,7 @@ class BackingIO:
         want = _cluster_bytes(views, offset)
         if want == 0:
             return 0, 0
-        err, n = await trio.to_thread.run_sync(
-            _pwritev_blocking, fd, views, offset, limiter=self.limiter, abandon_on_cancel=False
-        )
+        err, n = await self.threads.run(_pwritev_blocking, fd, views, offset)
         self.stats.writes += 1
         if err:
             self.stats.errors += 1
@@ -498,9 +537,7 @@ class BackingIO:
         err = self._injected(IOKind.FSYNC)
         if err:
             return err
-        err = await trio.to_thread.run_sync(
-            _fsync_blocking, fd, datasync, limiter=self.limiter, abandon_on_cancel=False
-        )
+        err = await self.threads.run(_fsync_blocking, fd, datasync)
         self.stats.fsyncs += 1
         if err:
             self.stats.errors += 1
@@ -518,16 +555,42 @@ class BackingIO:
         err = self._injected(IOKind.FALLOCATE)
         if err:
             return err
-        err = await trio.to_thread.run_sync(
-            _fallocate_blocking,
-            fd,
-            mode,
-            offset,
-            length,
-            limiter=self.limiter,
-            abandon_on_cancel=False,
-        )
+        err = await self.threads.run(_fallocate_blocking, fd, mode, offset, length)
         self.stats.fallocates += 1
         if err:
             self.stats.errors += 1
         return err
+
+
+class PendingRead:
+    """A read started by ``BackingIO.readv``/``start_readv``: finished inline already, or
+    with its remainder queued to a worker thread."""
+
+    __slots__ = ("_bio", "_req", "_res", "_suspect_fd")
+
+    def __init__(
+        self,
+        bio: BackingIO,
+        req: IoRequest[tuple[int, int]] | None,
+        res: tuple[int, int],
+        suspect_fd: int = -1,
+    ) -> None:
+        self._bio = bio
+        self._req = req
+        # Without req: the final result (already counted).  With it: (0, bytes read inline).
+        self._res = res
+        self._suspect_fd = suspect_fd  # the fd whose RWF_NOWAIT attempt got EINVAL, or -1
+
+    async def finish(self) -> tuple[int, int]:
+        """Wait for the read; returns ``(0, nbytes)`` or ``(errno, nbytes_before_error)`` as
+        ``BackingIO.readv`` does (fewer bytes than asked means EOF).
+
+        => may sleep; does not yield when the read was served inline.  A read a worker has
+           begun completes even if the caller is cancelled; one still queued is withdrawn,
+           with nothing written to its views by the thread.
+        """
+        req = self._req
+        if req is None:
+            return self._res
+        err, n = await req.wait()
+        return self._bio._thread_read_done(err, self._res[1] + n, self._suspect_fd)

@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from genfs.node import GenfsParams
-from pagers.backing_io import BackingIO, FaultInjector
+from pagers.backing_io import BackingIO, FaultInjector, PendingRead
 from tests.vmtools import SMALL_PAGES
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
@@ -270,7 +270,7 @@ class GatedIO(BackingIO):
     ``Gate``, and that counts the I/Os it was asked for (injected failures included)."""
 
     def __init__(self, injector: FaultInjector, nowait: bool = True) -> None:
-        super().__init__(injector, trio.CapacityLimiter(8), nowait=nowait)
+        super().__init__(injector, 8, nowait=nowait)
         self.read_gate: Gate | None = None
         self.write_gate: Gate | None = None
         self.read_calls: list[tuple[int, int]] = []  # (offset, nbytes)
@@ -310,6 +310,15 @@ class GatedIO(BackingIO):
             views = await gate.hold(views, offset)
         return await super().readv(fd, views, offset)
 
+    def start_readv(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
+        nbytes = sum(map(len, views))
+        self.read_calls.append((offset, nbytes))
+        gate = self.read_gate
+        if gate is None or not gate.matches(offset, nbytes):
+            return super().start_readv(fd, views, offset)
+        self.read_gate = None
+        return _GatedRead(self, gate, fd, views, offset)
+
     async def writev(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
         nbytes = sum(map(len, views))
         self.write_calls.append((offset, nbytes))
@@ -332,3 +341,21 @@ class GatedIO(BackingIO):
             self.fallocate_gate = None
             await gate.hold([], offset)
         return await super().fallocate(fd, mode, offset, length)
+
+
+class _GatedRead(PendingRead):
+    """A read-ahead held at a gate: it is issued (as a plain ``readv``) once the gate opens."""
+
+    __slots__ = ("_args", "_gate")
+
+    def __init__(
+        self, bio: GatedIO, gate: Gate, fd: int, views: list[memoryview], offset: int
+    ) -> None:
+        super().__init__(bio, None, (0, 0))
+        self._gate = gate
+        self._args = (fd, views, offset)
+
+    async def finish(self) -> tuple[int, int]:
+        fd, views, offset = self._args
+        views = await self._gate.hold(views, offset)
+        return await BackingIO.readv(self._bio, fd, views, offset)

@@ -36,6 +36,7 @@ from pagers.backing_io import (
     IOKind,
     parse_errno,
 )
+from pagers.iothreads import THREAD_NAME
 from ubcfs.vm import diag
 
 PAGE = 4096
@@ -48,6 +49,29 @@ needs_nowait = pytest.mark.skipif(RWF_NOWAIT == 0, reason="no RWF_NOWAIT on this
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------
+
+_made: list[BackingIO] = []  # every BackingIO of the running test, closed at its teardown
+
+
+def new_bio(
+    injector: FaultInjector | None = None, threads: int = 8, nowait: bool = True
+) -> BackingIO:
+    """A BackingIO whose worker threads the test's teardown stops (and checks stopped)."""
+    bio = BackingIO(injector, threads, nowait)
+    _made.append(bio)
+    return bio
+
+
+@pytest.fixture(autouse=True)
+def _close_every_bio() -> Iterator[None]:
+    yield
+    while _made:
+        _made.pop().close()
+    assert not io_threads(), "backing-I/O threads left running"
+
+
+def io_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
 
 
 class Arena:
@@ -253,7 +277,7 @@ def closed_fd(tmp_path: Path) -> int:
 async def test_read_full_cluster(arena: Arena, make_file: MakeFile) -> None:
     data = randbytes(8 * PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(4)
     assert await bio.readv(fd, views, 2 * PAGE) == (0, 4 * PAGE)
     assert joined(views) == data[2 * PAGE : 6 * PAGE]
@@ -265,7 +289,7 @@ async def test_read_full_cluster(arena: Arena, make_file: MakeFile) -> None:
 async def test_read_partial_last_page(arena: Arena, make_file: MakeFile, nowait: bool) -> None:
     data = randbytes(2 * PAGE + 1000)
     fd = make_file(data)
-    bio = BackingIO(nowait=nowait)
+    bio = new_bio(nowait=nowait)
     views = arena.frames(3)
     assert await bio.readv(fd, views, 0) == (0, len(data))
     got = joined(views)
@@ -277,7 +301,7 @@ async def test_read_partial_last_page(arena: Arena, make_file: MakeFile, nowait:
 @pytest.mark.parametrize("nowait", [True, False])
 async def test_read_past_eof_reads_nothing(arena: Arena, make_file: MakeFile, nowait: bool) -> None:
     fd = make_file(randbytes(PAGE))
-    bio = BackingIO(nowait=nowait)
+    bio = new_bio(nowait=nowait)
     views = arena.frames(2)
     assert await bio.readv(fd, views, 4 * PAGE) == (0, 0)
     assert await bio.readv(fd, views, PAGE) == (0, 0)  # exactly at EOF
@@ -291,7 +315,7 @@ async def test_read_hole_reads_zeros(arena: Arena, make_file: MakeFile, nowait: 
     first, last = randbytes(PAGE, 1), randbytes(PAGE, 2)
     fd = make_file(first)
     assert os.pwrite(fd, last, 3 * PAGE) == PAGE  # pages 1 and 2 are a hole
-    bio = BackingIO(nowait=nowait)
+    bio = new_bio(nowait=nowait)
     views = arena.frames(4)
     assert await bio.readv(fd, views, 0) == (0, 4 * PAGE)
     assert joined(views) == first + bytes(2 * PAGE) + last
@@ -302,13 +326,13 @@ async def test_read_odd_views_and_offset(arena: Arena, make_file: MakeFile) -> N
     data = randbytes(4 * PAGE)
     fd = make_file(data)
     views = [arena.span(0, 100), arena.span(PAGE, PAGE + 3000), arena.span(3 * PAGE, 4 * PAGE)]
-    assert await BackingIO().readv(fd, views, 777) == (0, 100 + 3000 + PAGE)
+    assert await new_bio().readv(fd, views, 777) == (0, 100 + 3000 + PAGE)
     assert joined(views) == data[777 : 777 + 100 + 3000 + PAGE]
 
 
 async def test_empty_cluster_does_no_io(fake_preadv: FakePreadv, make_file: MakeFile) -> None:
     fd = make_file(randbytes(PAGE))
-    assert await BackingIO().readv(fd, [], 0) == (0, 0)
+    assert await new_bio().readv(fd, [], 0) == (0, 0)
     assert fake_preadv.calls == []
 
 
@@ -321,7 +345,7 @@ async def test_cached_read_is_inline(
 ) -> None:
     data = randbytes(4 * PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(4)
     assert await bio.readv(fd, views, 0) == (0, 4 * PAGE)
     assert joined(views) == data
@@ -341,7 +365,7 @@ async def test_real_page_cache_hit_is_inline(arena: Arena, make_file: MakeFile) 
         if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
             raise
         pytest.skip(f"the file system under tmp_path refuses RWF_NOWAIT ({e.strerror})")
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.readv(fd, arena.frames(4), 0) == (0, 4 * PAGE)
     assert (bio.stats.reads_inline, bio.stats.reads_threaded) == (1, 0)
 
@@ -351,7 +375,7 @@ async def test_nowait_off_always_uses_thread(
 ) -> None:
     data = randbytes(4 * PAGE)
     fd = make_file(data)
-    bio = BackingIO(nowait=False)
+    bio = new_bio(nowait=False)
     views = arena.frames(4)
     assert await bio.readv(fd, views, 0) == (0, 4 * PAGE)
     assert joined(views) == data
@@ -367,7 +391,7 @@ async def test_eagain_reads_whole_cluster_in_thread(
     fake_preadv.nowait = eagain
     data = randbytes(4 * PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(4)
     assert await bio.readv(fd, views, 0) == (0, 4 * PAGE)
     assert joined(views) == data
@@ -396,7 +420,7 @@ async def test_short_nowait_read_finishes_in_thread(
     fake_preadv.nowait = short(k)
     data = randbytes(6 * PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(4)
     assert await bio.readv(fd, views, PAGE) == (0, 4 * PAGE)
     assert joined(views) == data[PAGE : 5 * PAGE]
@@ -413,7 +437,7 @@ async def test_short_nowait_read_at_eof_stays_inline(
 ) -> None:
     data = randbytes(2 * PAGE + 1000)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(3)
     assert await bio.readv(fd, views, 0) == (0, len(data))
     assert joined(views)[: len(data)] == data
@@ -429,7 +453,7 @@ async def test_thread_loops_on_short_reads_until_eof(
     fake_preadv.chunk = 1000
     data = randbytes(2 * PAGE + 1240)
     fd = make_file(data)
-    bio = BackingIO(nowait=False)
+    bio = new_bio(nowait=False)
     views = arena.frames(3)
     assert await bio.readv(fd, views, 0) == (0, len(data))
     assert joined(views)[: len(data)] == data
@@ -447,7 +471,7 @@ async def test_thread_stops_when_full(
     data = randbytes(4 * PAGE)
     fd = make_file(data)
     views = arena.frames(2)
-    assert await BackingIO(nowait=False).readv(fd, views, 0) == (0, 2 * PAGE)
+    assert await new_bio(nowait=False).readv(fd, views, 0) == (0, 2 * PAGE)
     assert joined(views) == data[: 2 * PAGE]
     assert len(fake_preadv.blocking_calls) == 9  # ceil(8192 / 1000), no extra EOF probe
 
@@ -460,7 +484,7 @@ async def test_nowait_unsupported_is_remembered_per_fd(
     fake_preadv.nowait = refuse(err)
     data = randbytes(2 * PAGE)
     fd, other = make_file(data), make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(2)
     assert await bio.readv(fd, views, 0) == (0, 2 * PAGE)
     assert joined(views) == data
@@ -491,7 +515,7 @@ async def test_real_tmpfs_refusing_nowait(arena: Arena) -> None:
                 raise
         else:
             pytest.skip("this kernel's shmem supports RWF_NOWAIT")
-        bio = BackingIO()
+        bio = new_bio()
         views = arena.frames(2)
         assert await bio.readv(fd, views, 0) == (0, 2 * PAGE)
         assert await bio.readv(fd, views, 0) == (0, 2 * PAGE)
@@ -509,7 +533,7 @@ async def test_nowait_einval_then_thread_succeeds_remembers_fd(
     fake_preadv.nowait = refuse(errno.EINVAL)
     data = randbytes(2 * PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(2)
     assert await bio.readv(fd, views, 0) == (0, 2 * PAGE)
     assert joined(views) == data
@@ -525,7 +549,7 @@ async def test_nowait_einval_twice_is_an_error_not_a_flag_problem(
     fake_preadv.nowait = refuse(errno.EINVAL)
     fake_preadv.blocking_err = errno.EINVAL
     fd = make_file(randbytes(2 * PAGE))
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.readv(fd, arena.frames(2), 0) == (errno.EINVAL, 0)
     assert not bio.nowait_unsupported(fd)
     assert bio.stats.nowait_unsupported == 0
@@ -538,7 +562,7 @@ async def test_nowait_real_error_is_returned_inline(
 ) -> None:
     fake_preadv.nowait = refuse(errno.EIO)
     fd = make_file(randbytes(PAGE))
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.readv(fd, arena.frames(1), 0) == (errno.EIO, 0)
     assert fake_preadv.blocking_calls == []
     assert bio.stats.errors == 1
@@ -549,7 +573,7 @@ async def test_nowait_real_error_is_returned_inline(
 
 @pytest.mark.parametrize("nowait", [True, False])
 async def test_read_errors_come_back_as_errnos(arena: Arena, tmp_path: Path, nowait: bool) -> None:
-    bio = BackingIO(nowait=nowait)
+    bio = new_bio(nowait=nowait)
     assert await bio.readv(closed_fd(tmp_path), arena.frames(2), 0) == (errno.EBADF, 0)
     dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -570,12 +594,12 @@ async def test_thread_error_after_progress_reports_bytes_done(
 
     monkeypatch.setattr(os, "preadv", flaky)
     fd = make_file(randbytes(4 * PAGE))
-    assert await BackingIO(nowait=False).readv(fd, arena.frames(4), 0) == (errno.EIO, PAGE)
+    assert await new_bio(nowait=False).readv(fd, arena.frames(4), 0) == (errno.EIO, PAGE)
 
 
 def test_bad_clusters_are_bugs(arena: Arena, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(diag, "DIAGNOSTIC", True)  # the per-view checks need it
-    bio = BackingIO()
+    bio = new_bio()
     frame = arena.frames(1)
     with pytest.raises(AssertionError, match="negative offset"):
         trio.run(bio.readv, 0, frame, -1)
@@ -589,18 +613,18 @@ def test_bad_clusters_are_bugs(arena: Arena, monkeypatch: pytest.MonkeyPatch) ->
         words.release()
 
 
-async def test_limiter_caps_worker_threads(
+async def test_threads_cap_concurrent_io(
     arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
 ) -> None:
     fake_preadv.delay = 0.05
     fd = make_file(randbytes(PAGE))
-    for tokens in (1, 2):
+    for threads in (1, 2):
         fake_preadv.peak = 0
-        bio = BackingIO(limiter=trio.CapacityLimiter(tokens), nowait=False)
+        bio = new_bio(threads=threads, nowait=False)
         async with trio.open_nursery() as nursery:
             for i in range(4):
                 nursery.start_soon(bio.readv, fd, arena.frames(1, first=i), 0)
-        assert fake_preadv.peak == tokens
+        assert fake_preadv.peak == threads
         assert bio.stats.reads_threaded == 4
 
 
@@ -620,7 +644,7 @@ async def test_cancel_does_not_abandon_the_thread(
     monkeypatch.setattr(os, "preadv", slow)
     data = randbytes(2 * PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     views = arena.frames(2)
     results: list[object] = []
     scopes: list[trio.CancelScope] = []
@@ -646,6 +670,177 @@ async def test_cancel_does_not_abandon_the_thread(
     assert joined(views) == data
 
 
+async def test_cancel_while_queued_leaves_the_views_untouched(
+    arena: Arena, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every thread busy, a cancelled read is withdrawn: Cancelled, nothing written."""
+    started, release = threading.Event(), threading.Event()
+    blocking_offsets: list[int] = []
+
+    def slow(fd: int, views: list[memoryview], offset: int, flags: int = 0) -> int:
+        if flags:
+            raise BlockingIOError(errno.EAGAIN, "fake")
+        blocking_offsets.append(offset)
+        if offset == 0:
+            started.set()
+            release.wait(10)
+        return _real_preadv(fd, views, offset)
+
+    monkeypatch.setattr(os, "preadv", slow)
+    data = randbytes(2 * PAGE)
+    fd = make_file(data)
+    bio = new_bio(threads=1)
+    first, second = arena.frames(1), arena.frames(1, first=1)
+    outcome: list[object] = []
+
+    scope = trio.CancelScope()
+
+    async def reader(views: list[memoryview], offset: int, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                outcome.append(await bio.readv(fd, views, offset))
+            except trio.Cancelled:
+                outcome.append("cancelled")
+                raise
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, first, 0, trio.CancelScope())
+            assert await trio.to_thread.run_sync(started.wait, 10.0)
+            nursery.start_soon(reader, second, PAGE, scope)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()  # the second read waits in the queue behind the first
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == ["cancelled"]
+            release.set()
+    finally:
+        release.set()
+    assert outcome == ["cancelled", (0, PAGE)]  # the running one completed all the same
+    assert joined(first) == data[:PAGE]
+    assert joined(second) == bytes([FILL]) * PAGE  # never read
+    await bio.aclose()
+    assert blocking_offsets == [0]
+    assert bio.stats.reads_threaded == 1
+
+
+async def test_aclose_waits_for_io_in_flight(
+    arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
+) -> None:
+    fake_preadv.delay = 0.02
+    data = randbytes(4 * PAGE)
+    fd = make_file(data)
+    bio = new_bio(threads=2, nowait=False)
+    views = [arena.frames(1, first=i) for i in range(4)]
+    results: list[tuple[int, int]] = []
+
+    async def reader(i: int) -> None:
+        results.append(await bio.readv(fd, views[i], i * PAGE))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(reader, i)
+        await trio.testing.wait_all_tasks_blocked()
+        await bio.aclose()  # two reads running, two queued: all of them finish first
+        assert results == [(0, PAGE)] * 4
+        assert io_threads() == []
+    assert [joined(v) for v in views] == [data[i * PAGE : (i + 1) * PAGE] for i in range(4)]
+
+
+async def test_many_concurrent_reads_and_writes(arena: Arena, make_file: MakeFile) -> None:
+    data = randbytes(32 * PAGE)
+    fd = make_file(data)
+    wfd = make_file(b"")
+    bio = new_bio(threads=3, nowait=False)
+    rviews = [arena.frames(1, first=i) for i in range(32)]
+    wviews = [arena.frames(1, first=32 + i) for i in range(32)]
+    for i, v in enumerate(wviews):
+        v[0][:] = randbytes(PAGE, seed=100 + i)
+    results: dict[tuple[str, int], tuple[int, int]] = {}
+
+    async def read(i: int) -> None:
+        results["r", i] = await bio.readv(fd, rviews[i], i * PAGE)
+
+    async def write(i: int) -> None:
+        results["w", i] = await bio.writev(wfd, wviews[i], i * PAGE)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(32):
+            nursery.start_soon(read, i)
+            nursery.start_soon(write, i)
+    assert set(results.values()) == {(0, PAGE)}
+    assert b"".join(joined(v) for v in rviews) == data
+    assert os.pread(wfd, 32 * PAGE, 0) == b"".join(joined(v) for v in wviews)
+    assert bio.stats.reads_threaded == bio.stats.writes == 32
+    assert bio.threads.statistics()["deliveries"] <= 64
+
+
+# --- read-ahead (start_readv) ---------------------------------------------------------------
+
+
+@needs_nowait
+async def test_start_readv_queues_what_nowait_did_not_serve(
+    arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
+) -> None:
+    data = randbytes(3 * PAGE)
+    fd = make_file(data)
+    bio = new_bio()
+    fake_preadv.nowait = short(PAGE)
+    views = arena.frames(3)
+    pending = bio.start_readv(fd, views, 0)
+    assert [c.offset for c in fake_preadv.nowait_calls] == [0]
+    assert await pending.finish() == (0, 3 * PAGE)
+    assert joined(views) == data
+    assert [(c.offset, c.in_thread) for c in fake_preadv.blocking_calls] == [(PAGE, True)]
+    assert (bio.stats.reads_ahead, bio.stats.reads_threaded, bio.stats.bytes_read) == (
+        1,
+        1,
+        3 * PAGE,
+    )
+    fake_preadv.nowait = cached
+    views = arena.frames(2, first=3)
+    pending = bio.start_readv(fd, views, PAGE)
+    assert joined(views) == data[PAGE:]  # served inline, before finish
+    with trio.testing.assert_no_checkpoints():
+        assert await pending.finish() == (0, 2 * PAGE)
+    assert bio.stats.reads_inline == 1
+
+
+async def test_start_readv_at_eof_is_short(arena: Arena, make_file: MakeFile) -> None:
+    data = randbytes(PAGE + 100)
+    fd = make_file(data)
+    bio = new_bio()
+    views = arena.frames(3)
+    assert await bio.start_readv(fd, views, 0).finish() == (0, PAGE + 100)
+    assert joined(views)[: PAGE + 100] == data
+    assert joined(views)[PAGE + 100 :] == bytes([FILL]) * (2 * PAGE - 100)  # caller zeroes
+    assert await bio.start_readv(fd, arena.frames(1, first=5), 8 * PAGE).finish() == (0, 0)
+
+
+async def test_start_readv_fault_is_injected_before_issue(
+    arena: Arena, make_file: MakeFile, fake_preadv: FakePreadv
+) -> None:
+    fd = make_file(randbytes(PAGE))
+    bio = new_bio()
+    bio.injector.arm(IOKind.READ, errno.EIO, 1)
+    pending = bio.start_readv(fd, arena.frames(1), 0)
+    assert fake_preadv.calls == []
+    assert await pending.finish() == (errno.EIO, 0)
+    assert fake_preadv.calls == []
+    assert bio.stats.injected_failures == 1
+    assert await bio.start_readv(fd, [], 0).finish() == (0, 0)  # empty: no I/O either
+    assert fake_preadv.calls == []
+
+
+@pytest.mark.parametrize("nowait", [True, False])
+async def test_start_readv_errors_are_errnos(arena: Arena, tmp_path: Path, nowait: bool) -> None:
+    bio = new_bio(nowait=nowait)
+    assert await bio.start_readv(closed_fd(tmp_path), arena.frames(1), 0).finish() == (
+        errno.EBADF,
+        0,
+    )
+    assert bio.stats.errors == 1
+
+
 # --- writes ------------------------------------------------------------------------------------
 
 
@@ -657,7 +852,7 @@ async def test_writes_land_at_the_right_offsets(
     views = arena.frames(3)
     for v, p in zip(views, pages, strict=True):
         v[:] = p
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.writev(fd, views, 5 * PAGE) == (0, 3 * PAGE)
     part = arena.span(10 * PAGE, 10 * PAGE + 300)
     part[:] = b"x" * 300
@@ -681,7 +876,7 @@ async def test_write_loops_on_short_writes(
     views = arena.frames(3)
     for i, v in enumerate(views):
         v[:] = data[i * PAGE : (i + 1) * PAGE]
-    assert await BackingIO().writev(fd, views, 0) == (0, 3 * PAGE)
+    assert await new_bio().writev(fd, views, 0) == (0, 3 * PAGE)
     assert os.pread(fd, 4 * PAGE, 0) == data
     assert [c.offset for c in fake_pwritev.calls] == list(range(0, 3 * PAGE, 1000))
     assert all(c.in_thread for c in fake_pwritev.calls)
@@ -698,14 +893,14 @@ async def test_write_without_progress_is_eio(
     fake_pwritev.chunk = 1000
     fake_pwritev.zero_after = zero_after
     fd = make_file(b"")
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.writev(fd, arena.frames(1), 0) == (errno.EIO, written)
     assert len(fake_pwritev.calls) == zero_after + 1  # gave up, did not spin
     assert bio.stats.errors == 1
 
 
 async def test_write_errors_come_back_as_errnos(arena: Arena, tmp_path: Path) -> None:
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.writev(closed_fd(tmp_path), arena.frames(1), 0) == (errno.EBADF, 0)
     path = tmp_path / "ro"
     path.write_bytes(b"")
@@ -735,7 +930,7 @@ class SyncRecorder:
 
 async def test_fsync_ok(make_file: MakeFile) -> None:
     fd = make_file(randbytes(PAGE))
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.fsync(fd) == 0
     assert await bio.fsync(fd, datasync=True) == 0
     assert bio.stats.fsyncs == 2
@@ -745,14 +940,14 @@ async def test_fsync_runs_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = SyncRecorder()
     monkeypatch.setattr(os, "fsync", rec.fsync)
     monkeypatch.setattr(os, "fdatasync", rec.fdatasync)
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.fsync(7) == 0
     assert await bio.fsync(8, datasync=True) == 0
     assert rec.calls == [("fsync", 7, False), ("fdatasync", 8, False)]
 
 
 async def test_fsync_error_is_an_errno(tmp_path: Path) -> None:
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.fsync(closed_fd(tmp_path)) == errno.EBADF
     assert bio.stats.errors == 1
 
@@ -768,7 +963,7 @@ UNKNOWN_MODE = 0x4000  # no such FALLOC_FL_* flag
 async def test_fallocate_keep_size_and_mode_0(make_file: MakeFile) -> None:
     """KEEP_SIZE allocates past EOF without growing the file; mode 0 grows it."""
     fd = make_file(b"x" * 100)
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.fallocate(fd, KEEP_SIZE, 0, 64 * PAGE) == 0
     st = os.fstat(fd)
     assert st.st_size == 100
@@ -783,7 +978,7 @@ async def test_fallocate_punch_hole(make_file: MakeFile) -> None:
     data = randbytes(4 * PAGE)
     fd = make_file(data)
     os.fsync(fd)
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.fallocate(fd, PUNCH_HOLE | KEEP_SIZE, PAGE, 2 * PAGE) == 0
     assert os.fstat(fd).st_size == 4 * PAGE
     assert os.pread(fd, 4 * PAGE, 0) == data[:PAGE] + bytes(2 * PAGE) + data[3 * PAGE :]
@@ -798,14 +993,14 @@ async def test_fallocate_runs_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> No
         return 0
 
     monkeypatch.setattr(backing_io, "_FALLOCATE", fake)
-    assert await BackingIO().fallocate(3, 0, 0, PAGE) == 0
+    assert await new_bio().fallocate(3, 0, 0, PAGE) == 0
     assert threads == [False]
 
 
 async def test_fallocate_errors_are_the_file_systems(make_file: MakeFile, tmp_path: Path) -> None:
     """The backing file system's own errno comes back: nothing is emulated or retried."""
     fd = make_file(randbytes(PAGE))
-    bio = BackingIO()
+    bio = new_bio()
     assert await bio.fallocate(fd, UNKNOWN_MODE, 0, PAGE) == errno.EOPNOTSUPP
     assert await bio.fallocate(fd, PUNCH_HOLE, 0, PAGE) == errno.EOPNOTSUPP  # no KEEP_SIZE
     assert await bio.fallocate(fd, COLLAPSE_RANGE, 1, PAGE) == errno.EINVAL  # unaligned
@@ -818,7 +1013,7 @@ async def test_fallocate_errors_are_the_file_systems(make_file: MakeFile, tmp_pa
 
 async def test_injected_fallocate_fault(make_file: MakeFile) -> None:
     fd = make_file(b"")
-    bio = BackingIO()
+    bio = new_bio()
     bio.injector.arm(IOKind.FALLOCATE, errno.ENOSPC, 1)
     assert await bio.fallocate(fd, 0, 0, PAGE) == errno.ENOSPC
     assert os.fstat(fd).st_size == 0  # not issued
@@ -835,7 +1030,7 @@ async def test_injected_read_faults(
 ) -> None:
     data = randbytes(PAGE)
     fd = make_file(data)
-    bio = BackingIO()
+    bio = new_bio()
     bio.injector.arm(IOKind.READ, errno.EIO, 2)
     assert bio.injector.armed() == {"backing-read": (errno.EIO, 2)}
     views = arena.frames(1)
@@ -855,7 +1050,7 @@ async def test_injected_write_fault(
     arena: Arena, make_file: MakeFile, fake_pwritev: FakePwritev
 ) -> None:
     fd = make_file(b"")
-    bio = BackingIO()
+    bio = new_bio()
     bio.injector.arm(IOKind.WRITE, errno.ENOSPC, 1)
     views = arena.frames(1)
     assert await bio.writev(fd, views, 0) == (errno.ENOSPC, 0)
@@ -869,7 +1064,7 @@ async def test_injected_write_fault(
 async def test_injected_fsync_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = SyncRecorder()
     monkeypatch.setattr(os, "fsync", rec.fsync)
-    bio = BackingIO()
+    bio = new_bio()
     bio.injector.arm(IOKind.FSYNC, errno.EIO, 1)
     assert await bio.fsync(3) == errno.EIO
     assert rec.calls == []
@@ -885,7 +1080,7 @@ async def test_kinds_are_independent(
     fd = make_file(randbytes(PAGE))
     views = arena.frames(1)
     for kind in IOKind:
-        bio = BackingIO()
+        bio = new_bio()
         bio.injector.arm(kind, errno.EIO, 1)
         failed = {
             IOKind.READ: (await bio.readv(fd, views, 0))[0],
@@ -899,7 +1094,7 @@ async def test_kinds_are_independent(
 async def test_injector_shared_between_instances(arena: Arena, make_file: MakeFile) -> None:
     injector = FaultInjector()
     fd = make_file(randbytes(PAGE))
-    a, b = BackingIO(injector), BackingIO(injector)
+    a, b = new_bio(injector), new_bio(injector)
     injector.arm(IOKind.READ, errno.EAGAIN, 2)
     assert (await a.readv(fd, arena.frames(1), 0))[0] == errno.EAGAIN
     assert (await b.readv(fd, arena.frames(1), 0))[0] == errno.EAGAIN
@@ -970,7 +1165,7 @@ def test_parse_errno_rejects(text: str) -> None:
 
 
 def test_stats_snapshot() -> None:
-    bio = BackingIO()
+    bio = new_bio()
     bio.stats.reads_inline = 3
     snap = bio.stats.snapshot()
     assert snap["reads_inline"] == 3
@@ -1012,7 +1207,7 @@ def test_read_matches_model(
         want = sum(sizes)
         with tempfile.TemporaryFile() as f, mock.patch.object(os, "preadv", fake):
             os.pwrite(f.fileno(), data, 0)
-            bio = BackingIO(nowait=nowait != "off")
+            bio = new_bio(nowait=nowait != "off")
             err, n = trio.run(bio.readv, f.fileno(), views, offset)
         expect = data[offset : offset + want]
         assert (err, n) == (0, len(expect))
@@ -1042,7 +1237,7 @@ def test_write_matches_model(offset: int, sizes: list[int], chunk: int | None) -
         expect = bytes(offset) + joined(views)
         fake = FakePwritev(chunk=chunk)
         with tempfile.TemporaryFile() as f, mock.patch.object(os, "pwritev", fake):
-            err, n = trio.run(BackingIO().writev, f.fileno(), views, offset)
+            err, n = trio.run(new_bio().writev, f.fileno(), views, offset)
             assert (err, n) == (0, sum(sizes))
             assert os.pread(f.fileno(), len(expect) + 1, 0) == expect
     finally:
