@@ -179,6 +179,8 @@ def run_fio(job: Job, directory: str) -> float:
         *job.fio,
     ]
     proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0 and INTERRUPTED:
+        raise KeyboardInterrupt  # fio saw the Ctrl-C first
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise FailureError(f"fio {job.name!r} in {directory} failed ({proc.returncode}): {tail}")
@@ -704,7 +706,11 @@ def machine_info(label: str) -> dict[str, Any]:
     }
 
 
+INTERRUPTED: list[int] = []  # the signals received
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    INTERRUPTED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -761,6 +767,7 @@ def main() -> int:
     orders: list[list[str]] = []
     seconds: list[float] = []
     counters: dict[str, Any] = {}
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     status = 0
     try:
