@@ -535,6 +535,7 @@ class Bench:
                             if len(got) != PAGE:
                                 raise RuntimeError("short engine read")
                     t1 = time.perf_counter()
+                    th1 = time.thread_time()
                     if write:
                         await eng_sync(eng, vp)
                     else:
@@ -559,7 +560,7 @@ class Bench:
             finally:
                 os.close(fd)
             if not write:  # a read job has no sync: release only frees the pages
-                t2, p2, p1 = t1, p1, p1
+                t2, p2, p1, th2 = t1, p1, p1, th1
             rows.append(
                 Row(
                     f"rand {'write' if write else 'read'} {label}" + (", +sync" if write else ""),

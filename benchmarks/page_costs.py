@@ -116,8 +116,8 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("copy_out", "copy out: uiomove read, window mapped"),
     ("copy_in", "copy in: uiomove write, window mapped"),
     ("unmap_window", "unmap window: Ubc.purge (pmap_remove + update)"),
-    ("clean", "clean: putpages CLEANIT|SYNCIO, instant I/O"),
-    ("writeback", "write-back: putpages CLEANIT|SYNCIO to a file"),
+    ("clean", "clean: putpages CLEANIT+SYNCIO, instant I/O"),
+    ("writeback", "write-back: putpages CLEANIT+SYNCIO to a file"),
     ("free", "free: pagefree"),
 )
 
@@ -348,13 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="256 pages, 1 round (a smoke test)")
     ap.add_argument("--pages", type=int, help="pages per round (default 4096)")
-    ap.add_argument("--rounds", type=int, help="rounds (default 7; 1 with --quick)")
+    ap.add_argument("--rounds", type=int, help="rounds (default 9; 1 with --quick)")
     ap.add_argument("--winsize", default=64 * 1024, type=int, help="UBC window bytes (64 KiB)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--dir", help="directory of the backing file (default: $TMPDIR)")
     args = ap.parse_args(argv)
     npages: int = args.pages if args.pages is not None else (256 if args.quick else 4096)
-    rounds: int = args.rounds if args.rounds is not None else (1 if args.quick else 7)
+    rounds: int = args.rounds if args.rounds is not None else (1 if args.quick else 9)
     if npages < 1 or rounds < 1:
         ap.error("--pages and --rounds must be at least 1")
     if args.winsize < PAGE or args.winsize % PAGE:
