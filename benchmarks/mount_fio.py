@@ -766,6 +766,7 @@ def main() -> int:
     per_round: list[dict[str, dict[str, float]]] = []
     orders: list[list[str]] = []
     seconds: list[float] = []
+    round_load: list[float] = []  # 1-min load average at the end of each round
     counters: dict[str, Any] = {}
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -783,10 +784,12 @@ def main() -> int:
                 if c:
                     counters[name] = c  # the last round's
             seconds.append(time.monotonic() - t0)
+            round_load.append(os.getloadavg()[0])
             per_round.append(results)
             orders.append(order)
             print(
-                f"round {rnd + 1}/{rounds}: {', '.join(order)} ({seconds[-1]:.0f} s)",
+                f"round {rnd + 1}/{rounds}: {', '.join(order)} ({seconds[-1]:.0f} s,"
+                f" load {round_load[-1]:.2f})",
                 file=sys.stderr,
             )
     except PrerequisiteError as e:
@@ -816,6 +819,14 @@ def main() -> int:
     medians, ratios, checks = summarize(per_round, rows)
     base = vs_baseline(medians, baseline)
     print_table(rounds, rows, units, medians, ratios, checks, base)
+    if baseline is not None:
+        differ = [
+            f"{k} {baseline.get(k)!r} here {v!r}"
+            for k, v in (("quick", args.quick), ("memory", args.memory))
+            if baseline.get(k) != v
+        ]
+        if differ:
+            print(f"warning: the baseline ran with other settings: {'; '.join(differ)}")
     accept = acceptance(rounds, ratios, base, baseline is not None)
     print_acceptance(rounds, args.memory, args.page_size, accept, args.baseline)
     print(f"load average {load0[0]:.2f} at the start, {load1[0]:.2f} at the end (1 min)")
@@ -829,6 +840,7 @@ def main() -> int:
             "rounds": rounds,
             "order": orders,
             "round_seconds": seconds,
+            "round_load": round_load,
             "per_round": per_round,
             "results": medians,
             "ratios": ratios,
