@@ -34,6 +34,14 @@ Jobs (sizes of the full run; ``--quick`` uses 1/8 of the sizes and fewer operati
   worker threads and their system time) and ``time.thread_time()`` of the trio thread only
   (the engine's Python code plus the inline RWF_NOWAIT reads).  Target: at least 25% less
   process CPU with the fast path on (PASS/MISS per case).
+* ``metadata``: bytes of Python metadata per simulated page of a fresh 256 MiB ``Engine``
+  (32 MiB with ``--quick``), by ``tracemalloc`` and by the growth of RSS, as ``vm_core.py``
+  measures a bare ``Uvm``; target at most 200 B (PASS/MISS).
+
+Every row also gives the trio thread's CPU (``time.thread_time()``) over its engine side
+divided by the 4 KiB pages it moved (``thr µs/pg``); issue 9's targets are judged on the
+sequential write (final sync included: at most 3 µs/page) and the cold sequential reads (at
+most 2 µs/page), PASS/MISS in their own section and in the JSON (``page_cpu``).
 
 Each job uses fresh engines with the default tunables, their simulated memory populated
 (``Engine(memory=..., populate=True)``), as on a mount that has been running for a while.
@@ -56,6 +64,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -66,6 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -95,8 +105,11 @@ COUNTERS = (
     "fastpath_skipped_zero",
     "zero_fills",
 )
-JOBS = ("seqwrite", "seqread", "randread", "randwrite", "append", "fastpath")
+JOBS = ("seqwrite", "seqread", "randread", "randwrite", "append", "fastpath", "metadata")
 FASTPATH_TARGET = 0.25  # at least 25% less CPU with the fast path on
+# Issue 9: trio-thread CPU per 4 KiB page moved, engine side (µs), by kind of row.
+PAGE_CPU_TARGETS = {"seq write": 3.0, "seq read cold": 2.0}
+META_TARGET = 200  # bytes of Python metadata per simulated page (as in vm_core.py)
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,7 @@ class Config:
     fp_bytes: int  # bytes appended per fast-path run
     fp_reps_paging: int  # fast-path on/off pairs, file 4x memory
     fp_reps_fits: int  # fast-path on/off pairs, file fits
+    meta_mem: int  # engine memory of the metadata job
 
     @staticmethod
     def make(quick: bool) -> Config:
@@ -130,6 +144,7 @@ class Config:
                 fp_bytes=32 * MiB,
                 fp_reps_paging=3,
                 fp_reps_fits=5,
+                meta_mem=32 * MiB,
             )
         return Config(
             big=256 * MiB,
@@ -143,6 +158,7 @@ class Config:
             fp_bytes=256 * MiB,
             fp_reps_paging=12,  # single pairs range over tens of percent here
             fp_reps_fits=8,
+            meta_mem=256 * MiB,
         )
 
 
@@ -160,6 +176,20 @@ class Row:
     plain_sync_s: float = 0.0  # part of plain_s spent in the final os.fsync
     counters: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    thread_s: float = 0.0  # time.thread_time() of the trio thread over the engine side
+
+    @property
+    def us_per_page(self) -> float:
+        """Trio-thread CPU per 4 KiB page moved by the engine side, in µs."""
+        return self.thread_s / (self.nbytes / PAGE) * 1e6
+
+    @property
+    def cpu_target(self) -> float | None:
+        """Issue 9's µs/page target of this row, if it has one."""
+        for kind, target in PAGE_CPU_TARGETS.items():
+            if self.job.startswith(kind):
+                return target
+        return None
 
     @property
     def ratio(self) -> float:
@@ -287,6 +317,48 @@ async def eng_sync(eng: Engine, vp: Vnode) -> None:
     check(await eng.release(vp), "engine release")
 
 
+def rss_bytes() -> int:
+    """VmRSS of this process, from /proc/self/status (0 if unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def metadata_per_page(memory: int) -> dict[str, Any]:
+    """Bytes of Python metadata per simulated page of a fresh ``Engine(memory)`` (pages,
+    windows, queues, pmaps: everything the engine builds before the first request), as
+    vm_core.py measures it for a bare ``Uvm``: RSS growth while one is built, then
+    ``tracemalloc`` of a second one built while the first is alive.  The simulated memory
+    is an untouched anonymous mmap and counts in neither."""
+    npages = memory // PAGE
+    gc.collect()
+    before = rss_bytes()
+    first = Engine(memory=memory, populate=False)
+    rss = (rss_bytes() - before) / npages
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    second = Engine(memory=memory, populate=False)
+    traced = (tracemalloc.get_traced_memory()[0] - base) / npages
+    tracemalloc.stop()
+    for eng in (first, second):
+        eng.uvm.close()
+    del first, second
+    gc.collect()
+    return {
+        "memory": memory,
+        "pages": npages,
+        "tracemalloc_bytes_per_page": traced,
+        "rss_bytes_per_page": rss,
+        "target": META_TARGET,
+        "verdict": "PASS" if traced <= META_TARGET else "MISS",
+    }
+
+
 # --- the jobs -------------------------------------------------------------------------------
 
 
@@ -316,6 +388,7 @@ class Bench:
         async with engine(cfg.small_mem) as eng:
             c0 = counters(eng)
             with self.prof("seqwrite"):
+                th0 = time.thread_time()
                 t0 = time.perf_counter()
                 vp = await eng.open(str(path))
                 for off in range(0, size, req):
@@ -323,6 +396,7 @@ class Bench:
                 t1 = time.perf_counter()
                 await eng_sync(eng, vp)
                 t2 = time.perf_counter()
+                th2 = time.thread_time()
             c1 = counters(eng)
         if path.stat().st_size != size:
             raise RuntimeError("engine file has the wrong size")
@@ -349,6 +423,7 @@ class Bench:
                 t2 - t1,
                 p2 - p1,
                 delta(c0, c1),
+                thread_s=th2 - th0,
             )
         ]
 
@@ -364,9 +439,11 @@ class Bench:
             for label in ("cold", "warm"):
                 c0 = counters(eng)
                 with self.prof("seqread"):
+                    th0 = time.thread_time()
                     t0 = time.perf_counter()
                     await eng_read_all(eng, vp, cfg.fit, req)
                     t1 = time.perf_counter()
+                    th1 = time.thread_time()
                 c1 = counters(eng)
                 plain = plain_read_all(self.fit, cfg.fit, req)
                 rows.append(
@@ -379,6 +456,7 @@ class Bench:
                         plain,
                         counters=delta(c0, c1),
                         note="host cache warm" if label == "cold" else "engine cache warm",
+                        thread_s=th1 - th0,
                     )
                 )
             check(await eng.release(vp), "release")
@@ -386,9 +464,11 @@ class Bench:
             vp = await eng.open(str(self.big), create=False)
             c0 = counters(eng)
             with self.prof("seqread"):
+                th0 = time.thread_time()
                 t0 = time.perf_counter()
                 await eng_read_all(eng, vp, cfg.big, req)
                 t1 = time.perf_counter()
+                th1 = time.thread_time()
             c1 = counters(eng)
             check(await eng.release(vp), "release")
         plain = plain_read_all(self.big, cfg.big, req)
@@ -402,6 +482,7 @@ class Bench:
                 plain,
                 counters=delta(c0, c1),
                 note="host cache warm",
+                thread_s=th1 - th0,
             )
         )
         return rows
@@ -442,6 +523,7 @@ class Bench:
                     await eng_read_all(eng, vp, size, cfg.req)
                 c0 = counters(eng)
                 with self.prof(job):
+                    th0 = time.thread_time()
                     t0 = time.perf_counter()
                     if write:
                         for off in offs:
@@ -453,11 +535,13 @@ class Bench:
                             if len(got) != PAGE:
                                 raise RuntimeError("short engine read")
                     t1 = time.perf_counter()
+                    th1 = time.thread_time()
                     if write:
                         await eng_sync(eng, vp)
                     else:
                         check(await eng.release(vp), "release")
                     t2 = time.perf_counter()
+                    th2 = time.thread_time()
                 c1 = counters(eng)
             fd = plain_open(path)
             try:
@@ -476,7 +560,7 @@ class Bench:
             finally:
                 os.close(fd)
             if not write:  # a read job has no sync: release only frees the pages
-                t2, p2, p1 = t1, p1, p1
+                t2, p2, p1, th2 = t1, p1, p1, th1
             rows.append(
                 Row(
                     f"rand {'write' if write else 'read'} {label}" + (", +sync" if write else ""),
@@ -489,6 +573,7 @@ class Bench:
                     p2 - p1,
                     delta(c0, c1),
                     "engine cache warm" if warm else "engine cache cold",
+                    th2 - th0,
                 )
             )
         return rows
@@ -507,6 +592,7 @@ class Bench:
             async with engine(cfg.small_mem) as eng:
                 c0 = counters(eng)
                 with self.prof("append"):
+                    th0 = time.thread_time()
                     t0 = time.perf_counter()
                     vp = await eng.open(str(path))
                     for _ in range(count):
@@ -514,6 +600,7 @@ class Bench:
                     t1 = time.perf_counter()
                     await eng_sync(eng, vp)
                     t2 = time.perf_counter()
+                    th2 = time.thread_time()
                 c1 = counters(eng)
             if path.stat().st_size != size * count:
                 raise RuntimeError("engine file has the wrong size")
@@ -542,6 +629,7 @@ class Bench:
                     t2 - t1,
                     p2 - p1,
                     delta(c0, c1),
+                    thread_s=th2 - th0,
                 )
             )
         return rows
@@ -613,7 +701,7 @@ def print_rows(rows: list[Row]) -> None:
     w = max(len(r.job) for r in rows)
     print(
         f"{'job':{w}}  {'eng MB/s':>8} {'eng op/s':>8}  {'os MB/s':>8} {'os op/s':>8}"
-        f"  {'ratio':>6} {'no-sync':>7}  {'sync s eng/os':>13}  note"
+        f"  {'ratio':>6} {'no-sync':>7}  {'sync s eng/os':>13}  {'thr µs/pg':>9}  note"
     )
     for r in rows:
         e_mbs, p_mbs = r.nbytes / r.engine_s / 1e6, r.nbytes / r.plain_s / 1e6
@@ -623,7 +711,7 @@ def print_rows(rows: list[Row]) -> None:
         sync = f"{r.engine_sync_s:6.2f}/{r.plain_sync_s:<6.2f}" if has_sync else ""
         print(
             f"{r.job:{w}}  {e_mbs:8.1f} {e_ops:8.0f}  {p_mbs:8.1f} {p_ops:8.0f}"
-            f"  {r.ratio:6.3f} {nosync}  {sync:>13}  {r.note}"
+            f"  {r.ratio:6.3f} {nosync}  {sync:>13}  {r.us_per_page:9.2f}  {r.note}"
         )
     print()
     hdr = "  ".join(f"{_short(c):>9}" for c in COUNTERS)
@@ -631,6 +719,45 @@ def print_rows(rows: list[Row]) -> None:
     for r in rows:
         vals = "  ".join(f"{r.counters.get(c, 0):9d}" for c in COUNTERS)
         print(f"{r.job:{w}}  {vals}")
+
+
+def page_cpu_checks(rows: list[Row]) -> list[dict[str, Any]]:
+    """Issue 9's trio-thread CPU per page targets, one entry per row that has one."""
+    out = []
+    for r in rows:
+        target = r.cpu_target
+        if target is not None:
+            us = r.us_per_page
+            out.append(
+                {
+                    "job": r.job,
+                    "us_per_page": us,
+                    "target": target,
+                    "verdict": "PASS" if us <= target else "MISS",
+                }
+            )
+    return out
+
+
+def print_page_cpu(checks: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    if checks:
+        print(
+            "\ntrio-thread CPU per 4 KiB page moved (time.thread_time() over the engine side,"
+            " sync included where the row has it)"
+        )
+        w = max(len(c["job"]) for c in checks)
+        for c in checks:
+            print(
+                f"  {c['job']:{w}}  {c['us_per_page']:6.2f} µs/page"
+                f"  target <= {c['target']:g}: {c['verdict']}"
+            )
+    if meta:
+        print(
+            f"\nmetadata per simulated page of a fresh {meta['memory'] // MiB} MiB engine:"
+            f" {meta['tracemalloc_bytes_per_page']:.1f} B (tracemalloc),"
+            f" {meta['rss_bytes_per_page']:.1f} B (RSS growth);"
+            f" target <= {meta['target']} B: {meta['verdict']}"
+        )
 
 
 def _short(name: str) -> str:
@@ -766,6 +893,7 @@ async def run(
 ) -> dict[str, Any]:
     rows: list[Row] = []
     fp_runs: list[FastpathRun] = []
+    meta: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=directory, prefix="ubcfs-bench-") as tmp:
         bench = Bench(cfg, Path(tmp), prof)
         for job in jobs:
@@ -782,8 +910,10 @@ async def run(
                 rows += await bench.append()
             elif job == "fastpath":
                 fp_runs = await bench.fastpath()
+            elif job == "metadata":
+                meta = metadata_per_page(cfg.meta_mem)
             print(f"  [{job}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
-    return {"rows": rows, "fastpath": fp_runs}
+    return {"rows": rows, "fastpath": fp_runs, "metadata": meta}
 
 
 def main() -> None:
@@ -846,6 +976,8 @@ def main() -> None:
     load1 = os.getloadavg()
     rows: list[Row] = res["rows"]
     fp_runs: list[FastpathRun] = res["fastpath"]
+    meta: dict[str, Any] = res["metadata"]
+    cpu_checks = page_cpu_checks(rows)
     print(
         "ratio = engine throughput / plain os.pread/os.pwrite throughput; '+sync' rows include"
         " eng.fsync+release vs os.fsync\n(no-sync: the ratio without them). Host page cache"
@@ -853,6 +985,7 @@ def main() -> None:
     )
     if rows:
         print_rows(rows)
+    print_page_cpu(cpu_checks, meta)
     summary: dict[str, Any] = {}
     if fp_runs:
         summary = fastpath_summary(fp_runs)
@@ -883,11 +1016,14 @@ def main() -> None:
                     "ratio": r.ratio,
                     "mb_s_engine": r.nbytes / r.engine_s / 1e6,
                     "mb_s_plain": r.nbytes / r.plain_s / 1e6,
+                    "us_per_page": r.us_per_page,
                 }
                 for r in rows
             ],
             "fastpath_runs": [asdict(r) for r in fp_runs],
             "fastpath": summary,
+            "page_cpu": cpu_checks,
+            "metadata": meta,
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
