@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol
 
-from ubcfs.vm.diag import SimpleLock
+from ubcfs.vm.diag import SimpleLock, panic
 
 if TYPE_CHECKING:
     from ubcfs.vm.page import VmPage
@@ -55,7 +55,6 @@ class UvmObject:
     """
 
     __slots__ = (
-        "__weakref__",
         "dirtyoffs",
         "generation",
         "is_aobj",
@@ -101,6 +100,16 @@ class UvmObject:
 
     def __repr__(self) -> str:
         return f"<UvmObject {self.name} npages={len(self.pages)} refs={self.refs}>"
+
+
+def obj_destroy(uobj: UvmObject) -> None:
+    """Take a dead object off its machine's registry (kernel: uvm_obj_destroy).
+
+    => no page left: its owner has freed them (a vnode's reclaim).
+    """
+    if uobj.pages:
+        panic(f"obj_destroy: {uobj!r} still has pages")
+    uobj.uvm.objects.discard(uobj)
 
 
 def _offsets_in_range(offsets: Collection[int], start: int, end: int, ps: int) -> list[int]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import weakref
 from typing import TYPE_CHECKING, Final
 
 from ubcfs.vm.diag import panic
@@ -132,7 +131,6 @@ class Pmap:
     """
 
     __slots__ = (
-        "__weakref__",
         "is_kernel",
         "name",
         "ptes",
@@ -590,8 +588,3 @@ def store(pmap: Pmap, va: int, data: bytes | bytearray | memoryview) -> None:
         n = min(length - done, ps - (pa & uvm.page_mask))
         view[pa : pa + n] = src[done : done + n]
         done += n
-
-
-def new_pmap_set() -> weakref.WeakSet[Pmap]:
-    """The registry of live pmaps that a machine keeps for its audit."""
-    return weakref.WeakSet()

@@ -6,7 +6,6 @@ There is no module-level state: tests build many small machines side by side.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,7 +57,8 @@ class Uvm:
         active, inactive: the paging queues.
         uvmexp: counters.
         kernel_pmap: the kernel's address space (UBC windows, pager mappings).
-        pmaps, objects: registries of live pmaps and objects, for the audit.
+        pmaps, objects: registries of live pmaps and objects, for the audit (an object
+            leaves with ``obj_destroy``, a user pmap with ``pmap_destroy``).
         kentered: pa -> number of kenter mappings of that frame (pmap-private bookkeeping).
         stale_refs: pa -> number of stale translations reaching that frame.
         pv_free: pv entries left in the pool.
@@ -109,8 +109,11 @@ class Uvm:
         self.pv_free = pv_entries
         self.kentered: dict[int, int] = {}
         self.stale_refs: dict[int, int] = {}
-        self.pmaps: weakref.WeakSet[Pmap] = weakref.WeakSet()
-        self.objects: weakref.WeakSet[UvmObject] = weakref.WeakSet()
+        # Registered and unregistered explicitly (pmap_create/pmap_destroy, UvmObject()/
+        # obj_destroy), not in WeakSets: Pmap and UvmObject are native classes in the
+        # compiled build, which take no weak references.
+        self.pmaps: set[Pmap] = set()
+        self.objects: set[UvmObject] = set()
         self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)
         self.pmaps.add(self.kernel_pmap)
         self.page_waiters: dict[VmPage, trio.Event] = {}
