@@ -1,7 +1,8 @@
 """The simulated machine: one ``Uvm`` object holds what the kernel keeps in the globals
 ``uvm`` and ``uvmexp`` (~ uvm.h, uvm_init.c, uvm_page.c:uvm_page_init).
 
-There is no module-level state: tests build many small machines side by side.
+There is no module-level state (only a test hook, ``machine_created``): tests build many
+small machines side by side.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
     from ubcfs.vm.pager import Aio
 
 DEFAULT_PAGE_SIZE = 4096
+
+# Test hook: when set, ``Uvm.__init__`` ends by passing the new machine to it (the test
+# suite's after-test audit collects every machine this way).  A module attribute read at each
+# construction, so that assigning it works on the compiled build too, where ``Uvm`` is a
+# native class whose methods cannot be replaced.
+machine_created: Callable[[Uvm], None] | None = None
 
 
 class SwapInfo(Protocol):
@@ -70,6 +77,8 @@ class Uvm:
         aio: the asynchronous I/O system, when the engine runs one.
         wbfail: write-back failures: backoff, pages waiting for a successful write, and the
             time an allocation may wait for memory meanwhile (``ubcfs.vm.wbfail``).
+        wait_hook: for tests, None or a callable that ``uvm_wait`` calls as it returns, with
+            its ``why`` and ``since`` arguments and the errno it returns.
     """
 
     def __init__(
@@ -125,7 +134,10 @@ class Uvm:
         self.free_wanted = 0
         self.aio: Aio | None = None
         self.wbfail = WbFailures()
+        self.wait_hook: Callable[[str, float | None, int], None] | None = None
         self.tune()
+        if machine_created is not None:
+            machine_created(self)
 
     # --- pagedaemon targets and wake-ups ------------------------------------------------
 
