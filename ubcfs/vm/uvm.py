@@ -83,12 +83,16 @@ class Uvm:
 
     def __init__(
         self,
-        memory: int,
-        page_size: int = DEFAULT_PAGE_SIZE,
-        pv_entries: int | None = None,
+        memory: object,
+        page_size: object = DEFAULT_PAGE_SIZE,
+        pv_entries: object = None,
         populate: bool = False,
     ) -> None:
+        # The sizes are typed ``object`` and checked here, so that a bool, float or str gets
+        # the ValueError below in the compiled build too (not a TypeError at the call, nor
+        # True taken for 1).
         shift = check_page_size(page_size)
+        page_size = 1 << shift  # the same value, as an int
         if not is_int(memory) or memory <= 0:
             raise ValueError(f"memory {memory!r} is not a positive number of bytes")
         if memory % page_size:
