@@ -85,6 +85,7 @@ from typing import Any
 import trio
 
 from genfs.node import GenfsParams
+from ubcfs import native
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm import diag
@@ -958,8 +959,10 @@ def main() -> None:
 
     load = os.getloadavg()
     version = engine_version()
+    core = native.status()
     print(
-        f"engine {version}; python {sys.version.split()[0]}, trio {trio.__version__},"
+        f"engine {version}; {core['core']} core ({core['why']});"
+        f" python {sys.version.split()[0]}, trio {trio.__version__},"
         f" {os.cpu_count()} CPUs, load {load[0]:.2f};"
         f" DIAGNOSTIC {'ON (slow!)' if diag.DIAGNOSTIC else 'off'};"
         f" memory {'populated' if POPULATE else 'not populated'};"
@@ -1001,6 +1004,7 @@ def main() -> None:
         doc = {
             "engine": version,
             "python": sys.version.split()[0],
+            "core": core,
             "load_start": load[0],
             "load_end": load1[0],
             "steal": steal,

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ubcfs import native
 from ubcfs.vm import diag
 from ubcfs.vm.object import UvmObject
 from ubcfs.vm.page import (
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     info: dict[str, object] = {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
+        "core": native.status()["core"],
+        "core_why": native.status()["why"],
         "page_size": PAGE,
         "repeats": repeats,
         "quick": args.quick,
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(
-        f"ubcfs VM core: {info['implementation']} {info['python']}, page {PAGE} B,"
+        f"ubcfs VM core: {info['core']} ({info['core_why']}),"
+        f" {info['implementation']} {info['python']}, page {PAGE} B,"
         f" best of {repeats}, load {loadavg[0]:.2f}{'  (--quick)' if args.quick else ''}"
     )
     print(f"{'':40} {'DIAGNOSTIC off':>15} {'DIAGNOSTIC on':>15}   target")

@@ -91,7 +91,9 @@ import enum
 import errno
 import os
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, TypeGuard, cast
+
+from mypy_extensions import mypyc_attr
 
 from pagers.iothreads import IoRequest, IoThreads
 from ubcfs.vm import diag
@@ -123,7 +125,8 @@ def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
     return cast("Callable[[int, int, int, int], int]", fn)
 
 
-_FALLOCATE: Final = _libc_fallocate()
+# Not Final: a test replaces it, and the compiled build reads a Final only once.
+_FALLOCATE: Callable[[int, int, int, int], int] | None = _libc_fallocate()
 
 # Answers to RWF_NOWAIT that mean "this fd cannot do it" (EINVAL is handled apart).
 _NOWAIT_UNSUPPORTED: Final = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
@@ -162,7 +165,7 @@ def parse_errno(text: str) -> int:
     return code
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int]:
     """Is ``x`` an int and not a bool (``True`` would pass for EPERM)?  The ctl hands us
     decoded JSON, so the annotations alone do not guarantee it."""
     return isinstance(x, int) and not isinstance(x, bool)
@@ -181,8 +184,12 @@ class FaultInjector:
     def __init__(self) -> None:
         self._armed: dict[IOKind, tuple[int, int]] = {}  # kind -> (errno, remaining)
 
-    def arm(self, kind: IOKind, err: int, count: int) -> None:
+    def arm(self, kind: IOKind, err: object, count: object) -> None:
         """Fail the next ``count`` I/Os of ``kind`` with ``err``; ``count == 0`` disarms.
+
+        ``err`` and ``count`` are checked here, not by their annotations (they come from
+        decoded JSON; the compiled build would refuse a float, and take True for 1, at the
+        call).
 
         Raises:
             ValueError: ``err`` is not a positive errno known to the ``errno`` module, or
@@ -350,6 +357,8 @@ class _Nowait(enum.Enum):
     SUSPECT = "suspect"
 
 
+# Tests subclass it (a gated or failing backing store).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BackingIO:
     """The vnode pager's I/O edge: cluster reads, writes and fsyncs of backing files.
 
@@ -562,6 +571,7 @@ class BackingIO:
         return err
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PendingRead:
     """A read started by ``BackingIO.readv``/``start_readv``: finished inline already, or
     with its remainder queued to a worker thread."""

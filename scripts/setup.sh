@@ -5,7 +5,9 @@
 #     when missing;
 #   * .venv in the checkout with pyfuse3 built from its sdist with
 #     scripts/pyfuse3-fallocate.patch (pyfuse3 3.5 does not wire FUSE fallocate), then the
-#     package installed editable, with its dev extra.
+#     package installed editable, with its dev extra;
+#   * the core compiled with mypyc into .venv/ubcfs-core (scripts/build_core.py; the modules
+#     are listed in pyproject.toml, [tool.ubcfs.compiled]), only when a source changed.
 # Sourced or run by mount.sh, tests/run.sh and .ci/run.  Prints what it does, one line a step.
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -109,4 +111,18 @@ if [ "$pf_built" -eq 1 ] &&
     echo "setup: error: the patched pyfuse3 does not import or lacks its fallocate handler" \
         "(log: $pf_log)" >&2
     exit 1
+fi
+
+# The compiled core.  build_core.py --check hashes the sources (fast); a build happens only
+# when one changed, or mypy, Python or the module list did.  ubcfs.native loads the build
+# only while it matches the sources, so an edit after this runs the pure code, never a stale
+# extension.
+if ! "$venv_py" "$top/scripts/build_core.py" --check; then
+    core_log="$top/.venv/ubcfs-core-build.log"
+    echo "setup: compiling the core with mypyc (1-2 minutes; log: $core_log)"
+    if ! "$venv_py" "$top/scripts/build_core.py" >"$core_log" 2>&1; then
+        echo "setup: error: compiling the core failed (log: $core_log);" \
+            "UBCFS_PURE=1 runs the sources without it" >&2
+        exit 1
+    fi
 fi

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from typing import Any
 
 import pytest
 import trio
@@ -23,6 +22,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from tests.vmtools import SMALL_PAGES, alloc, resident
 from ubcfs.vm import audit, diag
+from ubcfs.vm import uvm as uvm_module
 from ubcfs.vm.diag import LockInstrument, SimpleLock
 from ubcfs.vm.object import UvmObject
 from ubcfs.vm.page import VmPage
@@ -91,13 +91,7 @@ def _audit_every_machine(
     """Record every ``Uvm`` built during the test; after it, run the DIAGNOSTIC checker on
     each (kernel analogue: DEBUG's whole-structure checks; s3ql: fsck after every test)."""
     built: list[Uvm] = []
-    original_init = Uvm.__init__
-
-    def recording_init(self: Uvm, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        built.append(self)
-
-    monkeypatch.setattr(Uvm, "__init__", recording_init)
+    monkeypatch.setattr(uvm_module, "machine_created", built.append)
     SimpleLock.held_count = 0
     yield built
     broken = request.node.get_closest_marker("broken_vm") is not None

@@ -39,7 +39,7 @@ import trio
 
 from genfs.node import GenfsParams
 from pagers.backing_io import IOKind, parse_errno
-from ubcfs import __version__, options
+from ubcfs import __version__, native, options
 from ubcfs.ctl.protocol import ProtocolError, arg_int, arg_str, check_keys, socket_path
 from ubcfs.ctl.server import CommandError, ControlServer
 from ubcfs.fuse import Operations, fallocate_wired, fuse_options
@@ -186,6 +186,9 @@ class Daemon:
             await nursery.start(self._watch_signals)
             self.ready.ok()
             log.info("ubcfs %s serving %s (pid %d)", __version__, self.opts.mountpoint, os.getpid())
+            core = native.status()
+            slow = core["core"] == "pure" and core["why"] != native.PURE_ON_PURPOSE
+            log.log(logging.WARNING if slow else logging.INFO, "core: %s (%s)", *core.values())
             if not fallocate_wired():
                 log.warning(
                     "pyfuse3 %s has no fallocate handler: fallocate(2) on the mount fails"
@@ -249,6 +252,9 @@ class Daemon:
             "stopping": self.stopping,
             "pyfuse3": pyfuse3.__version__,
             "fallocate": fallocate_wired(),
+            # Which build of the core serves: "compiled" (mypyc) or "pure", and why.
+            "core": native.status()["core"],
+            "core_why": native.status()["why"],
             "options": {
                 "memory": o.memory,
                 "page_size": o.page_size,

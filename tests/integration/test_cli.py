@@ -232,6 +232,10 @@ def test_mount_serves_when_the_command_returns(mounted: Mounted) -> None:
     assert info["backing"] == os.path.realpath(mounted.backing)
     assert info["uid"] == os.getuid()
     assert pid_alive(info["pid"])
+    # The daemon runs the build this test run expects (tests/run.sh says which).
+    assert info["core"] == os.environ.get("UBCFS_TEST_EXPECT_CORE", info["core"])
+    assert info["core"] in ("compiled", "pure")
+    assert info["core_why"]
     with open("/proc/self/mountinfo") as f:
         assert any(f" {mounted.mnt} " in line and "fuse.ubcfs" in line for line in f)
 

@@ -52,6 +52,7 @@ import trio
 from cachetools import LRUCache
 
 from ubcfs.vfs import vnops
+from ubcfs.vm.object import obj_destroy
 
 if TYPE_CHECKING:
     from ubcfs.vfs.vnode import Vnode
@@ -261,7 +262,7 @@ class Vcache:
                 self.ctimes[vp.key] = (os.fstat(vp.fd).st_ctime_ns, vp.ctime_ns)
             except OSError:
                 self.ctimes.pop(vp.key, None)
-        self.uvm.objects.discard(vp.uobj)
+        obj_destroy(vp.uobj)
         vp.io.forget(vp.fd)
         try:
             os.close(vp.fd)

@@ -21,9 +21,10 @@ amap_free, ...), and ``LockInstrument`` panics when a task yields to trio while 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import trio
+from mypy_extensions import mypyc_attr
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -37,6 +38,9 @@ def set_diagnostic(on: bool) -> None:
     DIAGNOSTIC = on
 
 
+# mypyc cannot make a native class of an exception derived from a builtin one other than
+# Exception: Panic stays a Python class in the compiled build (its behaviour is the same).
+@mypyc_attr(native_class=False)
 class Panic(AssertionError):  # noqa: N818 -- the kernel's word
     """A kernel panic: the simulated machine found itself in an impossible state."""
 
@@ -61,7 +65,7 @@ class SimpleLock:
 
     __slots__ = ("held", "name")
 
-    held_count: int = 0  # locks held right now, across all instances (for LockInstrument)
+    held_count: ClassVar[int] = 0  # locks held right now, across all instances (for LockInstrument)
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final, Protocol
 
-from ubcfs.vm.diag import SimpleLock
+from ubcfs.vm.diag import SimpleLock, panic
 
 if TYPE_CHECKING:
     from ubcfs.vm.page import VmPage
@@ -323,7 +323,6 @@ class UvmObject:
     """
 
     __slots__ = (
-        "__weakref__",
         "generation",
         "is_aobj",
         "name",
@@ -372,3 +371,13 @@ class UvmObject:
 
     def __repr__(self) -> str:
         return f"<UvmObject {self.name} npages={self.pages.count} refs={self.refs}>"
+
+
+def obj_destroy(uobj: UvmObject) -> None:
+    """Take a dead object off its machine's registry (kernel: uvm_obj_destroy).
+
+    => no page left: its owner has freed them (a vnode's reclaim).
+    """
+    if uobj.pages:
+        panic(f"obj_destroy: {uobj!r} still has pages")
+    uobj.uvm.objects.discard(uobj)

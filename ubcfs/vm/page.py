@@ -78,7 +78,7 @@ class PQ(enum.Flag):
     ACTIVE = 0x0004
     ANON = 0x0010  # owned by ``uanon``
     AOBJ = 0x0020  # owned by an anonymous object
-    SWAPBACKED = ANON | AOBJ
+    SWAPBACKED = 0x0030  # ANON | AOBJ (a literal: mypyc miscompiles a member made of members)
 
 
 class PGA(enum.Flag):

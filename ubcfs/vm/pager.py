@@ -181,7 +181,10 @@ async def uvm_wait(uvm: Uvm, why: str, npages: int = 1, since: float | None = No
         deadline = since + wbf.timeout
         if now >= deadline:
             uvm.uvmexp.wb_timeouts += 1
-            return wbf.last_error or errno.EIO
+            err = wbf.last_error or errno.EIO
+            if uvm.wait_hook is not None:
+                uvm.wait_hook(why, since, err)
+            return err
         wake_at = min(wake_at, deadline)
     uvm.free_wanted = max(uvm.free_wanted, npages)
     ev = uvm.free_event
@@ -190,6 +193,8 @@ async def uvm_wait(uvm: Uvm, why: str, npages: int = 1, since: float | None = No
         await ev.wait()
     if scope.cancelled_caught:
         uvm.uvmexp.uvm_wait_timeouts += 1
+    if uvm.wait_hook is not None:
+        uvm.wait_hook(why, since, 0)
     return 0
 
 

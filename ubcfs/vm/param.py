@@ -8,7 +8,7 @@ The helpers below take the page mask or shift explicitly.
 from __future__ import annotations
 
 import enum
-from typing import Final, NewType
+from typing import Final, NewType, TypeGuard
 
 VAddr = NewType("VAddr", int)  # a virtual address in some pmap
 PAddr = NewType("PAddr", int)  # a physical address: byte offset into the physmem arena
@@ -27,11 +27,12 @@ class Prot(enum.IntFlag):
     READ = 1
     WRITE = 2
     EXECUTE = 4
-    RW = READ | WRITE
-    ALL = READ | WRITE | EXECUTE
+    # Literals, not READ | WRITE: mypyc miscompiles a member computed from other members.
+    RW = 3  # READ | WRITE
+    ALL = 7  # READ | WRITE | EXECUTE
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """A real integer (``bool`` is an int to Python, never to us)."""
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import weakref
 from typing import TYPE_CHECKING, Final
 
 from ubcfs.vm.diag import panic
@@ -190,7 +189,6 @@ class Pmap:
     """
 
     __slots__ = (
-        "__weakref__",
         "_last",
         "_lastno",
         "is_kernel",
@@ -798,8 +796,3 @@ def store(pmap: Pmap, va: int, data: bytes | bytearray | memoryview) -> None:
         n = min(length - done, ps - (pa & uvm.page_mask))
         view[pa : pa + n] = src[done : done + n]
         done += n
-
-
-def new_pmap_set() -> weakref.WeakSet[Pmap]:
-    """The registry of live pmaps that a machine keeps for its audit."""
-    return weakref.WeakSet()

@@ -64,6 +64,8 @@ from ubcfs.vm.pmap import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ubcfs.vm.object import UvmObject
     from ubcfs.vm.page import VmPage
     from ubcfs.vm.uvm import Uvm
@@ -166,6 +168,11 @@ class Ubc:
         uvm: the machine.
         nwins: number of windows (kernel: UBC_NWINS, 1024).
         winsize: bytes per window, a multiple of the page size (kernel: 1 << UBC_WINSHIFT).
+
+    Attributes:
+        release_hook: for tests, None or a callable that ``ubc_release`` of a UBC_FAULTBUSY
+            window calls last, with the window, the error and the pages that were never
+            valid (zeroed when the copy failed).
     """
 
     def __init__(self, uvm: Uvm, nwins: int = 256, winsize: int = 64 * 1024) -> None:
@@ -184,6 +191,7 @@ class Ubc:
         self.idle = _IdleWindows(self, nwins)
         self._window_idle = trio.Event()
         self._window_waiters = 0
+        self.release_hook: Callable[[UbcWindow, int, list[VmPage]], None] | None = None
 
     # --- alloc / release ----------------------------------------------------------------
 
@@ -298,6 +306,7 @@ class Ubc:
         idle LRU with its managed mappings in place.
         """
         uvm = self.uvm
+        fake = win.fakepages if win.busypages else None
         if win.busypages:
             physmem = uvm.physmem
             ps = uvm.page_size
@@ -323,6 +332,8 @@ class Ubc:
             if self._window_waiters:
                 ev, self._window_idle = self._window_idle, trio.Event()
                 ev.set()
+        if fake is not None and self.release_hook is not None:
+            self.release_hook(win, error, fake)
 
     # --- faults and copies --------------------------------------------------------------
 

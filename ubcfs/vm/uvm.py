@@ -1,12 +1,12 @@
 """The simulated machine: one ``Uvm`` object holds what the kernel keeps in the globals
 ``uvm`` and ``uvmexp`` (~ uvm.h, uvm_init.c, uvm_page.c:uvm_page_init).
 
-There is no module-level state: tests build many small machines side by side.
+There is no module-level state (only a test hook, ``machine_created``): tests build many
+small machines side by side.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from ubcfs.vm.pager import Aio
 
 DEFAULT_PAGE_SIZE = 4096
+
+# Test hook: when set, ``Uvm.__init__`` ends by passing the new machine to it (the test
+# suite's after-test audit collects every machine this way).  A module attribute read at each
+# construction, so that assigning it works on the compiled build too, where ``Uvm`` is a
+# native class whose methods cannot be replaced.
+machine_created: Callable[[Uvm], None] | None = None
 
 
 class SwapInfo(Protocol):
@@ -62,7 +68,8 @@ class Uvm:
         active, inactive: the paging queues.
         uvmexp: counters.
         kernel_pmap: the kernel's address space (UBC windows, pager mappings).
-        pmaps, objects: registries of live pmaps and objects, for the audit.
+        pmaps, objects: registries of live pmaps and objects, for the audit (an object
+            leaves with ``obj_destroy``, a user pmap with ``pmap_destroy``).
         kentered: per frame number, how many kenter mappings it has (pmap-private).
         nstale: stale translations (entries of the pmaps' stale lists) in all pmaps.
         pv_free: pv entries left in the pool.
@@ -74,16 +81,22 @@ class Uvm:
         aio: the asynchronous I/O system, when the engine runs one.
         wbfail: write-back failures: backoff, pages waiting for a successful write, and the
             time an allocation may wait for memory meanwhile (``ubcfs.vm.wbfail``).
+        wait_hook: for tests, None or a callable that ``uvm_wait`` calls as it returns, with
+            its ``why`` and ``since`` arguments and the errno it returns.
     """
 
     def __init__(
         self,
-        memory: int,
-        page_size: int = DEFAULT_PAGE_SIZE,
-        pv_entries: int | None = None,
+        memory: object,
+        page_size: object = DEFAULT_PAGE_SIZE,
+        pv_entries: object = None,
         populate: bool = False,
     ) -> None:
+        # The sizes are typed ``object`` and checked here, so that a bool, float or str gets
+        # the ValueError below in the compiled build too (not a TypeError at the call, nor
+        # True taken for 1).
         shift = check_page_size(page_size)
+        page_size = 1 << shift  # the same value, as an int
         if not is_int(memory) or memory <= 0:
             raise ValueError(f"memory {memory!r} is not a positive number of bytes")
         if memory % page_size:
@@ -113,8 +126,11 @@ class Uvm:
         self.pv_free = pv_entries
         self.kentered: list[int] = [0] * npages
         self.nstale = 0
-        self.pmaps: weakref.WeakSet[Pmap] = weakref.WeakSet()
-        self.objects: weakref.WeakSet[UvmObject] = weakref.WeakSet()
+        # Registered and unregistered explicitly (pmap_create/pmap_destroy, UvmObject()/
+        # obj_destroy), not in WeakSets: Pmap and UvmObject are native classes in the
+        # compiled build, which take no weak references.
+        self.pmaps: set[Pmap] = set()
+        self.objects: set[UvmObject] = set()
         self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)
         self.pmaps.add(self.kernel_pmap)
         self.page_waiters: dict[VmPage, trio.Event] = {}
@@ -126,7 +142,10 @@ class Uvm:
         self.free_wanted = 0
         self.aio: Aio | None = None
         self.wbfail = WbFailures()
+        self.wait_hook: Callable[[str, float | None, int], None] | None = None
         self.tune()
+        if machine_created is not None:
+            machine_created(self)
 
     # --- pagedaemon targets and wake-ups ------------------------------------------------
 

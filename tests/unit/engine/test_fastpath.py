@@ -139,20 +139,19 @@ async def test_small_appends_build_the_same_file(tmp_path: Path) -> None:
 
 
 class ReleaseSpy:
-    """Wraps ``Ubc.ubc_release`` to look at a failed UBC_FAULTBUSY window right after it was
-    released: which pages it held and whether their frames were zeroed."""
+    """Looks at a failed UBC_FAULTBUSY window right after it was released (through
+    ``Ubc.release_hook``): which pages it held and whether their frames were zeroed."""
 
     def __init__(self, eng: Engine) -> None:
         self.eng = eng
-        self.original = eng.ubc.ubc_release
         self.failed_pages: list[VmPage] = []
         self.failed_offsets: list[int] = []
         self.frames_zero: list[bool] = []
-        eng.ubc.ubc_release = self  # type: ignore[method-assign]
+        eng.ubc.release_hook = self
 
-    def __call__(self, win: UbcWindow, error: int) -> None:
-        fake = list(win.fakepages) if error else []
-        self.original(win, error)
+    def __call__(self, win: UbcWindow, error: int, fake: list[VmPage]) -> None:
+        if not error:
+            return
         for pg in fake:
             self.failed_pages.append(pg)
             self.failed_offsets.append(pg.offset)

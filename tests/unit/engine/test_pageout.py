@@ -514,8 +514,7 @@ async def test_inactive_scan_frees_a_batch_up_to_four_times_the_target(tmp_path:
         uvm = eng.uvm
         exp = uvm.uvmexp
         vp = await eng.open(str(path))
-        eng.pdaemon.wakeup = lambda: None  # type: ignore[method-assign]  # we drive it
-        uvm.set_pdaemon_wakeup(eng.pdaemon.wakeup)
+        uvm.set_pdaemon_wakeup(lambda: None)  # we drive the daemon
         for off in range(0, 244 * PAGE, 4 * PAGE):
             err, _ = await eng.read(vp, off, 4 * PAGE)
             assert err == 0

@@ -22,7 +22,6 @@ import pytest
 import trio
 import trio.testing
 
-from genfs import io as gio
 from pagers.backing_io import IOKind
 from tests.unit.engine.enginetools import (
     PAGE,
@@ -42,7 +41,6 @@ from ubcfs.vm import pager
 from ubcfs.vm.page import PG_BUSY
 from ubcfs.vm.pdaemon import HOLD_MAX
 from ubcfs.vm.stat import snapshot
-from ubcfs.vm.uvm import Uvm
 from ubcfs.vm.wbfail import BACKOFF_MAX, BACKOFF_MIN
 
 TIMEOUT = 30.0  # the default --writeback-timeout
@@ -66,18 +64,17 @@ def fail_on_a_retry_storm(eng: Engine, limit: int = 500) -> None:
 
 
 class WaitLog:
-    """Records each ``uvm_wait`` that getpages makes: (since, when it returned, errno)."""
+    """Records each ``uvm_wait`` that getpages makes (through ``Uvm.wait_hook``): (since,
+    when it returned, errno)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, eng: Engine) -> None:
         self.waits: list[tuple[float, float, int]] = []
+        eng.uvm.wait_hook = self.record
 
-        async def uvm_wait(uvm: Uvm, why: str, npages: int = 1, since: float | None = None) -> int:
-            err = await pager.uvm_wait(uvm, why, npages, since)
+    def record(self, why: str, since: float | None, err: int) -> None:
+        if why == "getpages":
             assert since is not None
             self.waits.append((since, trio.current_time(), err))
-            return err
-
-        monkeypatch.setattr(gio, "uvm_wait", uvm_wait)
 
     def failed(self) -> list[float]:
         """How long each wait that ended in an error had been going on."""
@@ -124,7 +121,6 @@ async def test_persistent_write_error_backs_off_and_fails_the_writer_in_time(
     tmp_path: Path,
     autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every backing write fails (EIO, "forever"): a writer filling memory is accepted until
     memory is full of unwritable dirty pages, then its write fails with EIO after the
@@ -134,9 +130,9 @@ async def test_persistent_write_error_backs_off_and_fails_the_writer_in_time(
     lines, and stat shows the stuck state.  An explicit fsync still tries at once; once the
     store works, fsync writes everything."""
     caplog.set_level(logging.INFO, logger="genfs.io")
-    waits = WaitLog(monkeypatch)
     path = tmp_path / "f"
     async with new_engine().running() as eng:
+        waits = WaitLog(eng)
         exp = eng.uvm.uvmexp
         io = gated_io(eng)
         fail_on_a_retry_storm(eng)
@@ -216,7 +212,7 @@ async def test_persistent_write_error_backs_off_and_fails_the_writer_in_time(
 
 @pytest.mark.timeout(120)
 async def test_reader_that_needs_memory_fails_in_time_too(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """With memory full of pages that cannot be written, a read of a file that is not
     resident cannot get memory either: it fails with the store's errno (ENOSPC here) after
@@ -224,8 +220,8 @@ async def test_reader_that_needs_memory_fails_in_time_too(
     path, other = tmp_path / "f", tmp_path / "other"
     theirs = pattern(2, 32 * PAGE)
     other.write_bytes(theirs)
-    waits = WaitLog(monkeypatch)
     async with new_engine(writeback_timeout=2.0).running() as eng:
+        waits = WaitLog(eng)
         fail_on_a_retry_storm(eng)
         vp = await eng.open(str(path))
         ov = await eng.open(str(other))

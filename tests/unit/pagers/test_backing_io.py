@@ -1135,7 +1135,7 @@ def test_arming_again_replaces() -> None:
 def test_arm_validation(err: object, count: object, match: str) -> None:
     inj = FaultInjector()
     with pytest.raises(ValueError, match=r"^inject backing-write: " + match) as info:
-        inj.arm(IOKind.WRITE, err, count)  # type: ignore[arg-type]
+        inj.arm(IOKind.WRITE, err, count)
     assert "\n" not in str(info.value)
     assert inj.armed() == {}
 

@@ -68,13 +68,13 @@ def test_uvm_rejects_fewer_than_64_pages_naming_the_memory(npages: int, page_siz
 @pytest.mark.parametrize("memory", [0, -64 * 4096, True, 64 * 4096.0, "262144", None])
 def test_uvm_rejects_memory_that_is_not_a_positive_int(memory: object) -> None:
     with pytest.raises(ValueError, match=re.escape(f"memory {memory!r}")):
-        Uvm(memory, page_size=4096)  # type: ignore[arg-type]
+        Uvm(memory, page_size=4096)
 
 
 @pytest.mark.parametrize("pv_entries", [-1, True, 2.0])
 def test_uvm_rejects_a_bad_pv_pool_size(pv_entries: object) -> None:
     with pytest.raises(ValueError, match=re.escape(f"pv_entries {pv_entries!r}")):
-        Uvm(64 * 4096, pv_entries=pv_entries)  # type: ignore[arg-type]
+        Uvm(64 * 4096, pv_entries=pv_entries)
 
 
 def test_uvm_defaults() -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 
-from ubcfs.vm.object import UvmObject
-from ubcfs.vm.pmap import pmap_create
+from tests.vmtools import resident
+from ubcfs.vm.diag import Panic
+from ubcfs.vm.object import UvmObject, obj_destroy
+from ubcfs.vm.pmap import pmap_create, pmap_destroy
 from ubcfs.vm.uvm import Uvm
 
 
@@ -45,15 +45,23 @@ def test_repr(uvm: Uvm) -> None:
     assert repr(uvm) == "<Uvm 64x4096B free=64 active=0 inactive=0 wired=0>"
 
 
-def test_registries_forget_dropped_pmaps_and_objects(uvm: Uvm) -> None:
+def test_registries_hold_pmaps_and_objects_until_destroyed(uvm: Uvm) -> None:
     pm = pmap_create(uvm, "gone")
     obj = UvmObject(uvm, "gone")
     assert pm in uvm.pmaps
     assert obj in uvm.objects
-    del pm, obj
-    gc.collect()
+    pmap_destroy(pm)
+    obj_destroy(obj)
     assert [p.name for p in uvm.pmaps] == ["kernel"]
     assert list(uvm.objects) == []
+
+
+def test_destroying_an_object_with_pages_panics(uvm: Uvm) -> None:
+    obj = UvmObject(uvm, "busy")
+    resident(uvm, obj, 0)
+    with pytest.raises(Panic, match=r"obj_destroy: .* still has pages"):
+        obj_destroy(obj)
+    assert obj in uvm.objects
 
 
 @pytest.mark.broken_vm  # a closed machine has no frames left to audit
