@@ -248,9 +248,11 @@ class IoThreads:
             if req is None:
                 return
             with lock:
-                if req.state != QUEUED:
-                    continue  # withdrawn by a cancelled waiter
-                req.state = RUNNING
+                claimed = req.state == QUEUED  # else withdrawn by a cancelled waiter
+                if claimed:
+                    req.state = RUNNING
+            if not claimed:
+                continue
             req._run()
             with lock:
                 self._done.append(req)
