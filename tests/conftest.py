@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, settings
 from tests.vmtools import SMALL_PAGES, alloc, resident
 from ubcfs.vm import audit, diag
 from ubcfs.vm import uvm as uvm_module
-from ubcfs.vm.diag import LockInstrument, SimpleLock
+from ubcfs.vm.diag import LockInstrument
 from ubcfs.vm.object import UvmObject
 from ubcfs.vm.page import VmPage
 from ubcfs.vm.pmap import Pmap, pmap_create
@@ -92,12 +92,12 @@ def _audit_every_machine(
     each (kernel analogue: DEBUG's whole-structure checks; s3ql: fsck after every test)."""
     built: list[Uvm] = []
     monkeypatch.setattr(uvm_module, "machine_created", built.append)
-    SimpleLock.held_count = 0
+    diag.HELD.count = 0
     yield built
     broken = request.node.get_closest_marker("broken_vm") is not None
     passed = request.node.stash.get(_CALL_PASSED, False)
-    held = SimpleLock.held_count
-    SimpleLock.held_count = 0
+    held = diag.HELD.count
+    diag.HELD.count = 0
     if broken or not passed:
         return
     for uvm in built:

@@ -21,7 +21,7 @@ amap_free, ...), and ``LockInstrument`` panics when a task yields to trio while 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 from mypy_extensions import mypyc_attr
@@ -56,6 +56,23 @@ def kassert(cond: bool, msg: str) -> None:
         raise Panic(msg)
 
 
+class HeldLocks:
+    """How many ``SimpleLock``s are held right now, over all of them (for ``LockInstrument``).
+
+    An attribute of one object rather than a class variable of ``SimpleLock``: in the
+    compiled build a class variable is a type attribute, and every update of one costs a
+    dictionary write and invalidates the type's method cache.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+HELD: Final = HeldLocks()
+
+
 class SimpleLock:
     """A kernel simple lock turned into an assertion-checked owner flag.
 
@@ -65,8 +82,6 @@ class SimpleLock:
 
     __slots__ = ("held", "name")
 
-    held_count: ClassVar[int] = 0  # locks held right now, across all instances (for LockInstrument)
-
     def __init__(self, name: str) -> None:
         self.name = name
         self.held = False
@@ -75,7 +90,7 @@ class SimpleLock:
         if self.held:
             panic(f"lock {self.name}: locking against myself")
         self.held = True
-        SimpleLock.held_count += 1
+        HELD.count += 1
         return self
 
     def __exit__(
@@ -87,7 +102,7 @@ class SimpleLock:
         if not self.held:
             panic(f"lock {self.name}: unlocking an unlocked lock")
         self.held = False
-        SimpleLock.held_count -= 1
+        HELD.count -= 1
 
     def try_enter(self) -> bool:
         """Take the lock if free (kernel: simple_lock_try); the pagedaemon's way to lock
@@ -119,10 +134,10 @@ class LockInstrument(trio.abc.Instrument):
         self._reported = False
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if not SimpleLock.held_count:
+        if not HELD.count:
             self._reported = False
         elif not self._reported:
             # Report each held period once (the count itself belongs to the locks).
-            msg = f"task {task.name} yielded while holding {SimpleLock.held_count} VM lock(s)"
+            msg = f"task {task.name} yielded while holding {HELD.count} VM lock(s)"
             self.violations.append(msg)
             self._reported = True

@@ -38,15 +38,15 @@ def test_tests_run_with_diagnostic_on() -> None:
 
 def test_simple_lock_enter_exit_and_count() -> None:
     lock = SimpleLock("l")
-    before = SimpleLock.held_count
+    before = diag.HELD.count
     with lock as held:
         assert held is lock
         inside = lock.held
-        assert SimpleLock.held_count == before + 1
+        assert diag.HELD.count == before + 1
         lock.assert_locked()
     assert inside
     assert not lock.held
-    assert SimpleLock.held_count == before
+    assert diag.HELD.count == before
 
 
 def test_simple_lock_against_myself_panics() -> None:
@@ -115,7 +115,7 @@ async def test_lock_instrument_reports_one_await_once_and_keeps_its_count_sane()
     try:
         with lock:
             await trio.lowlevel.checkpoint()
-        count_after_release = SimpleLock.held_count
+        count_after_release = diag.HELD.count
         await trio.lowlevel.checkpoint()
         await trio.lowlevel.checkpoint()
     finally:
