@@ -16,7 +16,10 @@ into PG_CLEAN and clears it *without write-protecting the page* (seed: "writing 
 disk no longer requires making it read-only"): a store during the write sets the bit again,
 so the page is simply dirty afterwards.  Dirty pages are gathered into clusters of
 contiguous dirty pages (backwards, then forwards) of at most ``maxphys`` bytes, each written
-with one ``pwritev``.  Pages to be freed that are under I/O are marked PG_PAGEOUT when the
+with one ``pwritev``.  The pages of a write leave the paging queues until it completes (the
+scans could only step over them); afterwards a page still clean goes to the inactive queue
+if the cleaning was in the background (write-behind, the pagedaemon) or PGO_DEACTIVATE, else
+to the active one.  Pages to be freed that are under I/O are marked PG_PAGEOUT when the
 pagedaemon asks (revocable: a failed pageout clears it and the page stays dirty) or
 PG_RELEASED otherwise; the write's completion frees them.
 
@@ -525,12 +528,20 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
         elif flags & PGO_FREE:
             pmap_page_protect(uvm, cp, _PROT_NONE)
             cp.flags |= PG_RELEASED
+    # Every page of the write leaves the paging queues until its completion, as pages under
+    # pageout do: busy, the scans could only step over it, and write-behind keeps megabytes
+    # busy at once (each pagedaemon pass walked them all again).
+    for cp in cluster:
+        if cp.pqflags & PQ_QUEUES:
+            pagedequeue(uvm, cp)
     if pdaemon:
         exp.pdpageouts += 1
     if wbf.objects and not flags & PGO_SYNCIO and wbf.retry_started(node.uobj, trio.current_time()):
         exp.wb_retries += 1  # a background retry of a failing file: the next waits longer
     node.output_start()
-    return Buf(cluster, cluster[0].offset, True, _write_iodone, node)
+    buf = Buf(cluster, cluster[0].offset, True, _write_iodone, node)
+    buf.deactivate = bool(flags & PGO_DEACTIVATE) or not flags & PGO_SYNCIO
+    return buf
 
 
 def _set_pageout(node: GenfsNode, pg: VmPage) -> None:
@@ -655,7 +666,13 @@ def _write_iodone(buf: Buf) -> None:
             node.uobj.pages.clear_dirty(pg.offset)  # written, and nothing dirtied it since
         page_unbusy(uvm, pg)
         if not released and not pg.pqflags & PQ_QUEUES and not pg.wire_count:
-            pageactivate(uvm, pg)
+            # Back on a queue: clean and unreferenced after a background cleaning, to the
+            # inactive tail (the pagedaemon frees it when it gets there, unless used again);
+            # otherwise to the active tail.
+            if buf.deactivate and not err and not is_dirty(pg) and not pmap_is_referenced(pg):
+                pagedeactivate(uvm, pg)
+            else:
+                pageactivate(uvm, pg)
     _note_write_result(node, buf, err, offsets, kept, gone)
     node.output_done()
 

@@ -11,8 +11,8 @@ free       on one of the two free lists (known-zero or not); PQ_FREE; no owner
 active     owned (object or anon), on the active queue (PQ_ACTIVE)
 inactive   owned, on the inactive queue (PQ_INACTIVE); it keeps its mappings
 wired      ``wire_count > 0``; on no paging queue
-off-queue  busy in flight: freshly allocated (PG_BUSY), or under pageout (PG_PAGEOUT);
-           or an objectless kernel page (mapped with ``pmap_kenter_pa``)
+off-queue  busy in flight: freshly allocated (PG_BUSY), under pageout (PG_PAGEOUT) or
+           under any other cleaning write; or an objectless kernel page (kenter-mapped)
 =========  ==========================================================================
 
 Locking, in the ubcfs sense (see ``ubcfs.vm.diag``): plain functions here never sleep, so

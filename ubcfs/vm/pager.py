@@ -69,9 +69,12 @@ class Buf:
         error: errno of the transfer, 0 when it worked.
         iodone: the completion, run by the aiodone daemon (async) or inline (sync).
         owner: whatever the completion needs (a genfs node).
+        deactivate: for a cleaning write, the pages that are still clean afterwards go to
+            the inactive queue rather than the active one (background cleaning and
+            PGO_DEACTIVATE: their data was written and is not known to be wanted again).
     """
 
-    __slots__ = ("error", "iodone", "offset", "owner", "pages", "write")
+    __slots__ = ("deactivate", "error", "iodone", "offset", "owner", "pages", "write")
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class Buf:
         self.error = 0
         self.iodone = iodone
         self.owner = owner
+        self.deactivate = False
 
 
 class Aio:

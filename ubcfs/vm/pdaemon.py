@@ -194,12 +194,6 @@ class ClockPolicy:
             budget -= 1
             nxt = pg.pqnext
             if pg.flags & PG_BUSY:
-                # Most often under a write-behind cleaning, which busies a whole cluster of
-                # the oldest pages at once: move it to the tail rather than walk it again on
-                # every pass while its write is in flight.
-                queue = uvm.active
-                queue.remove(pg)
-                queue.insert_tail(pg)
                 pg = nxt
                 continue
             if stuck and pg.uobject in stuck and is_dirty(pg):
