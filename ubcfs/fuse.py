@@ -759,7 +759,7 @@ class Operations(pyfuse3.Operations):
 
     def audit(self) -> list[str]:
         """Violations of the FUSE layer's rules and the vnode cache's (``ubcfs check``)."""
-        out = self.engine.vcache.audit()
+        out = self.engine.vcache.audit() + self.engine.ubc.audit()
         ns = self.ns
         opens: dict[int, int] = {}
         uses: dict[tuple[int, int], int] = {}

@@ -90,14 +90,20 @@ class PageFault(Exception):  # noqa: N818 -- the kernel's name for the trap
         va: the faulting virtual address.
         access: the access type (Prot.READ or Prot.WRITE).
         protection: True for a protection fault (a mapping existed), False for a missing page.
+
+    Raised on every first touch of a UBC window's page, so it is cheap to make: the access is
+    a plain int, and the message is formatted only when someone prints it.
     """
 
-    def __init__(self, va: int, access: Prot, protection: bool) -> None:
-        kind = "protection" if protection else "no mapping"
-        super().__init__(f"page fault at {va:#x} ({access!s}, {kind})")
+    def __init__(self, va: int, access: int, protection: bool) -> None:
+        super().__init__()
         self.va = va
         self.access = access
         self.protection = protection
+
+    def __str__(self) -> str:
+        kind = "protection" if self.protection else "no mapping"
+        return f"page fault at {self.va:#x} ({Prot(self.access)!s}, {kind})"
 
 
 class Pte:
@@ -754,7 +760,7 @@ def pmap_translate(pmap: Pmap, va: int, write: bool) -> int:
                 if isinstance(cand, Pte) and cand.pg is not None:
                     cand.pg.mdattrs |= (MD_REFERENCED | MD_MODIFIED) if write else MD_REFERENCED
                 return pa | (va & uvm.page_mask)
-    raise PageFault(va, Prot(need), ent is not None)
+    raise PageFault(va, need, ent is not None)
 
 
 def load(pmap: Pmap, va: int, length: int) -> bytes:

@@ -24,7 +24,8 @@ extending write takes the slow path, whose fault zero-fills it.  If the copy fai
 way, every page of the window that was not valid before is zeroed first, so garbage is
 never exposed.
 
-The idle LRU is a ``cachetools.LRUCache`` whose ``popitem`` unmaps the window it evicts.
+The idle windows are on an LRU queue linked through the windows themselves (kernel: the
+``ubc_object.inactive`` TAILQ): taking one off or putting one on allocates nothing.
 
 What is per page and what per run: a window is named, hashed and kept on the LRU as a
 whole; its fast-path pages are kentered and kremoved as one run (one ``KRun``, one stale
@@ -40,7 +41,6 @@ import errno
 from typing import TYPE_CHECKING, Final
 
 import trio
-from cachetools import LRUCache
 
 from ubcfs.vm.diag import panic
 from ubcfs.vm.page import (
@@ -64,7 +64,7 @@ from ubcfs.vm.pmap import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from ubcfs.vm.object import UvmObject
     from ubcfs.vm.page import VmPage
@@ -133,9 +133,21 @@ class UbcWindow:
             for writes, create) pages past it.
         busypages: UBC_FAULTBUSY pages held busy and kenter-mapped; fakepages: those that were
             not valid before the copy.
+        lruprev, lrunext: links in the idle LRU while ``refcount`` is 0 and it has a name.
     """
 
-    __slots__ = ("busypages", "fakepages", "index", "offset", "refcount", "uobj", "va", "writeend")
+    __slots__ = (
+        "busypages",
+        "fakepages",
+        "index",
+        "lrunext",
+        "lruprev",
+        "offset",
+        "refcount",
+        "uobj",
+        "va",
+        "writeend",
+    )
 
     def __init__(self, index: int, va: int) -> None:
         self.index = index
@@ -146,19 +158,57 @@ class UbcWindow:
         self.writeend = 0
         self.busypages: list[VmPage] = []
         self.fakepages: list[VmPage] = []
+        self.lruprev: UbcWindow | None = None
+        self.lrunext: UbcWindow | None = None
 
 
-class _IdleWindows(LRUCache[tuple["UvmObject", int], UbcWindow]):
-    """Idle windows, least recently used first; evicting one unmaps it."""
+class IdleWindows:
+    """The idle windows, least recently used first (kernel: ubc_object.inactive), linked
+    through ``UbcWindow.lruprev/lrunext``."""
 
-    def __init__(self, ubc: Ubc, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self.ubc = ubc
+    __slots__ = ("count", "head", "tail")
 
-    def popitem(self) -> tuple[tuple[UvmObject, int], UbcWindow]:
-        key, win = super().popitem()
-        self.ubc.unmap_window(win)
-        return key, win
+    def __init__(self) -> None:
+        self.head: UbcWindow | None = None
+        self.tail: UbcWindow | None = None
+        self.count = 0
+
+    def insert_tail(self, win: UbcWindow) -> None:
+        tail = self.tail
+        win.lruprev = tail
+        win.lrunext = None
+        if tail is None:
+            self.head = win
+        else:
+            tail.lrunext = win
+        self.tail = win
+        self.count += 1
+
+    def remove(self, win: UbcWindow) -> None:
+        prev, nxt = win.lruprev, win.lrunext
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.lrunext = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.lruprev = prev
+        win.lruprev = win.lrunext = None
+        self.count -= 1
+
+    def __contains__(self, win: object) -> bool:
+        return any(w is win for w in self)
+
+    def __iter__(self) -> Iterator[UbcWindow]:
+        win = self.head
+        while win is not None:
+            nxt = win.lrunext
+            yield win
+            win = nxt
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class Ubc:
@@ -188,7 +238,7 @@ class Ubc:
         self.unused = self.windows[::-1]
         self.hash: dict[tuple[UvmObject, int], UbcWindow] = {}
         self.by_obj: dict[UvmObject, set[int]] = {}  # object -> offsets of its windows
-        self.idle = _IdleWindows(self, nwins)
+        self.idle = IdleWindows()
         self._window_idle = trio.Event()
         self._window_waiters = 0
         self.release_hook: Callable[[UbcWindow, int, list[VmPage]], None] | None = None
@@ -215,7 +265,7 @@ class Ubc:
             if win is not None:
                 exp.ubc_hits += 1
                 if win.refcount == 0:
-                    del self.idle[key]
+                    self.idle.remove(win)
                 break
             exp.ubc_misses += 1
             win = self._get_free_window()
@@ -252,9 +302,11 @@ class Ubc:
     def _get_free_window(self) -> UbcWindow | None:
         if self.unused:
             return self.unused.pop()
-        if not self.idle:
+        win = self.idle.head
+        if win is None:
             return None
-        _, win = self.idle.popitem()  # unmaps it
+        self.idle.remove(win)
+        self.unmap_window(win)
         return win
 
     def unmap_window(self, win: UbcWindow) -> None:
@@ -328,7 +380,7 @@ class Ubc:
         win.refcount -= 1
         if win.refcount == 0:
             assert win.uobj is not None
-            self.idle[(win.uobj, win.offset)] = win
+            self.idle.insert_tail(win)
             if self._window_waiters:
                 ev, self._window_idle = self._window_idle, trio.Event()
                 ev.set()
@@ -486,11 +538,43 @@ class Ubc:
             offset += n
         return 0
 
+    def audit(self) -> list[str]:
+        """The window pool's bookkeeping (part of ``ubcfs check``): the idle LRU holds
+        exactly the named windows that nobody uses, the hash and ``by_obj`` name every
+        named window once, and unused windows have no name."""
+        out: list[str] = []
+        idle = list(self.idle)
+        if len(idle) != self.idle.count:
+            out.append(f"[ubc] idle LRU counts {self.idle.count} windows, links {len(idle)}")
+        on_lru = {win.index for win in idle}
+        named = 0
+        for win in self.windows:
+            if win.uobj is None:
+                if win.index in on_lru:
+                    out.append(f"[ubc] unnamed window {win.index} on the idle LRU")
+                continue
+            named += 1
+            if self.hash.get((win.uobj, win.offset)) is not win:
+                out.append(f"[ubc] window {win.index} is not under its name in the hash")
+            if win.offset not in self.by_obj.get(win.uobj, ()):
+                out.append(f"[ubc] window {win.index} is missing from by_obj")
+            if (win.refcount == 0) != (win.index in on_lru):
+                out.append(
+                    f"[ubc] window {win.index} has {win.refcount} users but is"
+                    f"{'' if win.index in on_lru else ' not'} on the idle LRU"
+                )
+        if len(self.hash) != named:
+            out.append(f"[ubc] hash names {len(self.hash)} windows, {named} are named")
+        return out
+
     def purge(self, uobj: UvmObject) -> None:
         """Unmap and forget every idle window of ``uobj`` (when its vnode goes away)."""
         # Only this object's windows: the pool may hold thousands.
         keys = [(uobj, off) for off in self.by_obj.get(uobj, ())]
-        for key in [k for k in keys if k in self.idle]:
-            win = self.idle.pop(key)
+        for key in keys:
+            win = self.hash[key]
+            if win.refcount:
+                continue  # in use: its user releases it
+            self.idle.remove(win)
             self.unmap_window(win)
             self.unused.append(win)

@@ -62,7 +62,7 @@ def gated_io(eng: Engine) -> GatedIO:
 
 def assert_sound(eng: Engine) -> None:
     """The DIAGNOSTIC checker finds nothing wrong with the engine's machine."""
-    bad = audit.audit(eng.uvm)
+    bad = audit.audit(eng.uvm) + eng.ubc.audit()
     assert bad == [], "\n".join(bad)
 
 

@@ -29,9 +29,10 @@ def window_mapping_errors(eng: Engine) -> list[str]:
     pmap = ubc.pmap
     shift = eng.uvm.page_shift
     out: list[str] = []
+    ptes = pmap.ptes  # a snapshot: build it once
     for win in ubc.windows:
         for va in range(win.va, win.va + ubc.winsize, PAGE):
-            pte = pmap.ptes.get(va >> shift)
+            pte = ptes.get(va >> shift)
             if pte is None:
                 continue
             if win.uobj is None:
