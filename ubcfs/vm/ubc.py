@@ -297,6 +297,9 @@ class Ubc:
             if err:
                 self.ubc_release(win, 0)
                 return err, win, va, 0
+            # getpages may have given fewer pages than asked (memory short): this use
+            # covers those, the caller's next one the rest.
+            length = min(length, len(win.busypages) * self.uvm.page_size)
         return 0, win, va, length
 
     def _get_free_window(self) -> UbcWindow | None:
