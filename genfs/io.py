@@ -126,7 +126,8 @@ async def getpages(
 
     Returns:
         (0, pages) -- pages busy, owned by the caller, valid unless PGO_OVERWRITE: the first
-        page and as many of the rest as EOF, the cluster limit and free memory allow; or
+        page and as many of the rest as EOF, the cluster limit and (PGO_OVERWRITE) free
+        memory allow; or
         (EINVAL, []) when the first page lies at or beyond EOF (without PGO_PASTEOF);
         (EBUSY, []) with PGO_LOCKED when the first page is not resident and unbusy;
         (errno, []) on a read error, or when memory stayed short for ``--writeback-timeout``
@@ -159,14 +160,17 @@ async def getpages(
         pagebusy(uvm, centre, "getpages")
         return 0, [centre]
 
-    # Slow path: busy or allocate every page, lowest offset first.  While memory is short,
-    # ask for no more pages than are free beyond the reserve (the first page at least):
-    # allocating a long run, failing part way, freeing it all and starting over after the
-    # wait costs more than taking a shorter run now and the rest on the caller's next call.
-    exp = uvm.uvmexp
-    room = exp.free - exp.reserve_kernel - 1
-    if room < npages:
-        npages = max(1, room)
+    # Slow path: busy or allocate every page, lowest offset first.  For the extending-write
+    # fast path while memory is short, ask for no more pages than are free beyond the
+    # reserve (the first page at least): allocating a long run, failing part way, freeing
+    # it all and starting over after the wait costs more than taking a shorter run now and
+    # the rest in the caller's next window use.  (Reads keep their runs: shorter ones cost
+    # them more read calls and faults than the wait does, measured.)
+    if flags & PGO_OVERWRITE:
+        exp = uvm.uvmexp
+        room = exp.free - exp.reserve_kernel - 1
+        if room < npages:
+            npages = max(1, room)
     waiting: float | None = None
     while True:
         err, found = await findpages(uvm, node.uobj, offset, npages, 0, "getpages")

@@ -63,7 +63,9 @@ class Engine:
     Args:
         memory: simulated physical memory in bytes.
         page_size: bytes per page.
-        nwins, winsize: UBC window pool (default: windows covering twice the memory).
+        nwins, winsize: UBC window pool (default: 1 MiB windows, MAXPHYS, so that a large
+            request costs one window use, not sixteen; one window per 64 KiB of twice the
+            memory, so that many small files keep their windows).
         params: genfs tunables (cluster size, read-ahead, fast path).
         nowait: try backing reads inline with RWF_NOWAIT before using a thread.
         test_reference: pagedaemon policy switch (see ``ClockPolicy``).
@@ -79,7 +81,7 @@ class Engine:
         memory: int,
         page_size: int = 4096,
         nwins: int | None = None,
-        winsize: int = 64 * 1024,
+        winsize: int = 1024 * 1024,
         params: GenfsParams | None = None,
         nowait: bool = True,
         test_reference: bool = False,
@@ -98,8 +100,9 @@ class Engine:
         winsize = max(winsize, page_size)
         if nwins is None:
             # Enough kernel VA to keep every resident page mapped in some idle window (twice
-            # memory), so warm data is copied without faults; windows cost no memory.
-            nwins = max(64, min(16384, 2 * memory // winsize))
+            # memory) even when each window holds only a small file's pages, so that warm
+            # data is copied without faults; windows cost no memory.
+            nwins = max(64, min(16384, 2 * memory // (64 * 1024)))
         self.ubc = Ubc(self.uvm, nwins=nwins, winsize=winsize)
         self.injector = FaultInjector()
         self.io = BackingIO(self.injector, max_io_threads, nowait=nowait)
