@@ -86,7 +86,7 @@ import trio
 
 from genfs.node import GenfsParams
 from ubcfs import native
-from ubcfs.vfs.engine import Engine
+from ubcfs.vfs.engine import Engine, tune_gc, untune_gc
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm import diag
 
@@ -269,8 +269,12 @@ POPULATE = True  # --no-populate turns it off
 async def engine(memory: int, fastpath: bool = True) -> AsyncIterator[Engine]:
     """A fresh engine with the default tunables but for the fast-path switch."""
     eng = Engine(memory=memory, params=GenfsParams(fastpath=fastpath), populate=POPULATE)
-    async with eng.running():
-        yield eng
+    tune_gc()  # as the daemon does
+    try:
+        async with eng.running():
+            yield eng
+    finally:
+        untune_gc()
     eng.uvm.close()
 
 

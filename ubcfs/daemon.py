@@ -45,7 +45,7 @@ from ubcfs.ctl.server import CommandError, ControlServer
 from ubcfs.fuse import Operations, fallocate_wired, fuse_options
 from ubcfs.options import MountOptions, SetupError, UsageError
 from ubcfs.vfs.backing import BackingNamespace, raise_nofile_limit
-from ubcfs.vfs.engine import Engine, errname
+from ubcfs.vfs.engine import Engine, errname, tune_gc
 from ubcfs.vm.audit import audit
 from ubcfs.vm.stat import snapshot
 
@@ -138,6 +138,7 @@ class Daemon:
             )
         except (ValueError, MemoryError, OSError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")
+        tune_gc()  # the machine's records are built: out of the collector's sight
         try:
             namespace = BackingNamespace(opts.backing)
         except OSError as e:

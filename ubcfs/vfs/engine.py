@@ -21,6 +21,7 @@ what was written.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import math
 import os
@@ -55,6 +56,34 @@ SHUTDOWN_AFTER_FAILURE = 30.0  # seconds of write-back attempts after the body f
 # work delayed every write-back completion by up to 5 ms, the writes in flight piled up
 # (their pages busy), and the pagedaemon kept scanning past them.
 IO_SWITCH_INTERVAL = 0.0005
+
+
+# The young generation's threshold while an engine serves (CPython's default is 700).
+SERVING_GC_THRESHOLD = 20_000
+_DEFAULT_GC_THRESHOLD = gc.get_threshold()
+
+
+def tune_gc() -> None:
+    """Set the process's garbage collector up for serving (the daemon calls it once its
+    engine is built; ``benchmarks/engine.py`` does the same around each engine).
+
+    The machine's own records -- a ``VmPage`` per frame, the windows, the queues -- live as
+    long as the engine and are never garbage: ``gc.freeze()`` takes them out of the
+    collector's sight, so that a full collection no longer walks every frame's record.  The
+    hot paths make a pv entry (and its list) per page they map: with a young threshold of
+    ``SERVING_GC_THRESHOLD`` rather than 700 the young collections run thirty times less
+    often.  Measured on cold 1 MiB reads: about a quarter less trio-thread CPU per page.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(SERVING_GC_THRESHOLD, 10, 10)
+
+
+def untune_gc() -> None:
+    """Undo ``tune_gc`` (so that a process that made an engine for a while, such as a
+    benchmark, collects the engine's records once it is gone)."""
+    gc.unfreeze()
+    gc.set_threshold(*_DEFAULT_GC_THRESHOLD)
 
 
 class Engine:

@@ -113,3 +113,19 @@ async def test_running_engine_lowers_the_switch_interval_and_restores_it() -> No
             assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)
     finally:
         sys.setswitchinterval(old)
+
+
+def test_tune_gc_freezes_and_raises_the_young_threshold_and_untune_undoes_it() -> None:
+    import gc
+
+    from ubcfs.vfs.engine import SERVING_GC_THRESHOLD, tune_gc, untune_gc
+
+    before = gc.get_threshold()
+    tune_gc()
+    try:
+        assert gc.get_threshold()[0] == SERVING_GC_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    finally:
+        untune_gc()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
