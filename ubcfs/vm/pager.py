@@ -193,8 +193,12 @@ async def uvm_wait(uvm: Uvm, why: str, npages: int = 1, since: float | None = No
     uvm.free_wanted = max(uvm.free_wanted, npages)
     ev = uvm.free_event
     uvm.kick_pdaemon()
-    with trio.move_on_at(wake_at) as scope:
-        await ev.wait()
+    uvm.free_sleepers += 1
+    try:
+        with trio.move_on_at(wake_at) as scope:
+            await ev.wait()
+    finally:
+        uvm.free_sleepers -= 1
     if scope.cancelled_caught:
         uvm.uvmexp.uvm_wait_timeouts += 1
     if uvm.wait_hook is not None:

@@ -228,6 +228,7 @@ class Pagedaemon:
         self.policy: PagePolicy = policy if policy is not None else ClockPolicy()
         self.swap: SwapOut | None = None
         self._wake = trio.Event()
+        self._woken = False  # _wake is set (a plain flag: the test runs on every kick)
         self._scanning = False
         # The earliest retry time of the dirty pages the current pass had to leave because
         # their file's write-back is failing (inf: none), and whether the pass freed any.
@@ -236,7 +237,8 @@ class Pagedaemon:
 
     def wakeup(self) -> None:
         """Wake the daemon (kernel: wakeup(&uvm.pagedaemon)); cheap when already awake."""
-        if not self._wake.is_set():
+        if not self._woken:
+            self._woken = True
             self._wake.set()
 
     def needs_scan(self) -> bool:
@@ -256,6 +258,7 @@ class Pagedaemon:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
+                self._woken = False
                 uvm.uvmexp.pdwoke += 1
                 progress = await self.pass_()
                 if not self.freed_any and self.retry_at < math.inf:

@@ -76,6 +76,8 @@ class Uvm:
         page_waiters: wanted page -> the Event its waiters sleep on (this busy period).
         owner_tags: busy page -> who busied it and why, under DIAGNOSTIC (kernel: owner_tag).
         free_event: set (and replaced) when pages are freed; ``uvm_wait`` sleeps on it.
+        free_sleepers: tasks in ``uvm_wait`` (so that freeing pages with nobody waiting
+            costs one test, not a question to trio).
         free_wanted: the largest number of pages a ``uvm_wait`` sleeper needs at once.
         pdaemon_running: a pagedaemon task serves this machine.
         aio: the asynchronous I/O system, when the engine runs one.
@@ -139,6 +141,7 @@ class Uvm:
         self._pdaemon_wakeup: Callable[[], None] | None = None
         self.pdaemon_running = False
         self.free_event = trio.Event()
+        self.free_sleepers = 0
         self.free_wanted = 0
         self.aio: Aio | None = None
         self.wbfail = WbFailures()
@@ -211,8 +214,8 @@ class Uvm:
         """Wake everyone sleeping in ``uvm_wait`` (kernel: wakeup(&uvmexp.free))."""
         if self.uvmexp.free > self.uvmexp.reserve_kernel + self.free_wanted:
             self.free_wanted = 0
-        ev = self.free_event
-        if ev.statistics().tasks_waiting:
+        if self.free_sleepers:
+            ev = self.free_event
             self.free_event = trio.Event()
             ev.set()
 
