@@ -199,13 +199,16 @@ class PageTree:
                 self._lastkey = -1
                 self._last = None
 
+    def _span(self, start: int, end: int) -> tuple[int, int]:
+        """Page numbers [first, last] of the offsets with start <= offset < end, page
+        aligned (last < first: there are none)."""
+        if end <= start:
+            return 0, -1
+        return (start + self._mask) >> self._shift, (end - 1) >> self._shift
+
     def in_range(self, start: int, end: int) -> list[VmPage]:
         """Resident pages with start <= offset < end, ascending: one probe per leaf."""
-        if end <= start:
-            return []
-        shift = self._shift
-        first = (start + self._mask) >> shift
-        last = (end - 1) >> shift
+        first, last = self._span(start, end)
         if last < first:
             return []
         out: list[VmPage] = []
@@ -255,13 +258,10 @@ class PageTree:
     def dirty_in_range(self, start: int, end: int) -> list[int]:
         """Offsets tagged dirty with start <= offset < end, ascending: one probe per leaf,
         and per leaf only its set bits."""
-        if end <= start or not self.ndirty:
+        first, last = self._span(start, end)
+        if last < first or not self.ndirty:
             return []
         shift = self._shift
-        first = (start + self._mask) >> shift
-        last = (end - 1) >> shift
-        if last < first:
-            return []
         out: list[int] = []
         for key in self._keys_between(first >> LEAF_SHIFT, last >> LEAF_SHIFT):
             mask = self._leaves[key].dirty
