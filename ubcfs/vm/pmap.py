@@ -616,11 +616,12 @@ def pmap_kenter_pages(pmap: Pmap, va: int, pas: list[int], prot: int) -> None:
             panic(f"pmap_kenter_pa: bad physical address {pa:#x}")
     n = len(pas)
     vpn = va >> shift
-    for v in _vpns_in_range(pmap, va, va + (n << shift)):
+    there = _vpns_in_range(pmap, va, va + (n << shift))
+    for v in there:
         old = pmap_lookup(pmap, v)
         if isinstance(old, Pte):
             panic(f"pmap_kenter_pa: va {v << shift:#x} holds managed mapping {old!r}")
-    if _vpns_in_range(pmap, va, va + (n << shift)):
+    if there:
         _kremove_range(pmap, va, n << shift)
     run = KRun(pmap, va, vpn, pas, prot)
     kentered = uvm.kentered
