@@ -218,6 +218,36 @@ async def test_unlinked_file_the_kernel_knows_keeps_its_unwritten_data(tmp_path:
         await eventually(lambda: ops.engine.vcache.discards == 1, "discarded once forgotten")
 
 
+async def test_unlinked_file_without_pages_is_discarded_by_its_last_forget(
+    tmp_path: Path,
+) -> None:
+    """The common unlink (a file never written, or whose pages were written and freed):
+    the vnode goes in the request that drops the last reference (kernel: vrelel), not in a
+    drain task woken for it; one with pages still goes through the drain."""
+    async with mounted_ops(tmp_path) as ops:
+        vc = ops.engine.vcache
+        fi, e = await ops.create(ROOT_INO, b"empty", 0o644, os.O_RDWR, CTX)
+        await ops.release(fi.fh)
+        vp = cached(ops, e.st_ino)
+        await ops.unlink(ROOT_INO, b"empty", CTX)
+        await ops.forget([(e.st_ino, 1)])  # no checkpoint since: the drain has not run
+        assert (vc.discards, vp.vstate, vp.fd, vc.doomed) == (1, VS.RECLAIMED, -1, {})
+        assert vp.key not in vc.table
+        assert vp.uobj not in ops.engine.uvm.objects
+        assert ops.audit() == []
+
+        fi, e = await ops.create(ROOT_INO, b"dirty", 0o644, os.O_RDWR, CTX)
+        assert await ops.write(fi.fh, 0, DATA) == len(DATA)
+        await ops.release(fi.fh)
+        vp = cached(ops, e.st_ino)
+        await ops.unlink(ROOT_INO, b"dirty", CTX)
+        await ops.forget([(e.st_ino, 1)])
+        assert list(vc.doomed.values()) == [vp]  # its pages are the drain's to free
+        await eventually(lambda: vc.discards == 2, "the drain discards it")
+        assert vp.vstate is VS.RECLAIMED
+        assert not vp.uobj.pages
+
+
 async def test_rename_during_reclaim(tmp_path: Path) -> None:
     async with mounted_ops(tmp_path) as ops:
         ino = await make_file(ops, b"f")

@@ -185,11 +185,43 @@ class Vcache:
             self._inactive(vp)
 
     def _inactive(self, vp: Vnode) -> None:
-        """An unreferenced vnode (kernel: VOP_INACTIVE): unreachable files are doomed."""
-        if not self.is_held(vp.key) and _unlinked(vp):
+        """An unreferenced vnode (kernel: VOP_INACTIVE): unreachable files are doomed.
+        => never sleeps."""
+        if not self.is_held(vp.key) and _unlinked(vp) and not self._discard_now(vp):
             self.doomed[vp.key] = vp
             self._kick()
         self._check_size()
+
+    def _discard_now(self, vp: Vnode) -> bool:
+        """Discard a doomed vnode right here, as the kernel's vrelel reclaims in the thread
+        that dropped the last reference, when that needs no sleep: no pages, no write in
+        flight, nobody in or waiting for its lock.  Otherwise (False) the drain does it.
+        Most unlinked files are in this case (removed after their pages were written and
+        freed, or never written): each would cost the drain a wake-up and a task.
+        => never sleeps."""
+        lk = vp.lock
+        if vp.uobj.pages or vp.numoutput or lk.readers or lk.writer or lk.lot:
+            return False
+        self.free.pop(vp.key, None)
+        vp.size = vp.writesize = 0
+        vp.uobj.generation += 1
+        self.ubc.purge(vp.uobj)  # idle windows only; a window in use holds a vnode use
+        del self.table[vp.key]
+        obj_destroy(vp.uobj)
+        self._close_fd(vp)
+        self.discards += 1
+        vp.set_state(VS.RECLAIMED)
+        self._room.set()
+        self._room = trio.Event()
+        return True
+
+    def _close_fd(self, vp: Vnode) -> None:
+        vp.io.forget(vp.fd)
+        try:
+            os.close(vp.fd)
+        except OSError as e:
+            log.warning("%s: closing the backing descriptor: %s", vp.name, e)
+        vp.fd = -1
 
     def lookup(self, key: Key) -> Vnode | None:
         """The cached vnode of ``key`` in any state but RECLAIMED, without a use (for
@@ -263,12 +295,7 @@ class Vcache:
             except OSError:
                 self.ctimes.pop(vp.key, None)
         obj_destroy(vp.uobj)
-        vp.io.forget(vp.fd)
-        try:
-            os.close(vp.fd)
-        except OSError as e:
-            log.warning("%s: closing the backing descriptor: %s", vp.name, e)
-        vp.fd = -1
+        self._close_fd(vp)
         if discard:
             self.discards += 1
         else:
