@@ -1,9 +1,13 @@
 """Throughput of a real ubcfs mount, side by side with --no-ubc, passthroughfs and the backing.
 
-Four targets -- ``ubcfs`` (the UBC), ``no-ubc`` (the same daemon with data passed straight
+Five targets -- ``ubcfs`` (the UBC), ``no-ubc`` (the same daemon with data passed straight
 to the backing files), ``passthrough`` (pyfuse3's own ``examples/passthroughfs.py``, run
-unmodified from the pinned pyfuse3 sdist) and ``backing`` (the backing directory itself, no
-FUSE) -- run the same fio jobs: sequential write (1 MiB, fsync at the end), sequential read
+unmodified from the pinned pyfuse3 sdist), ``null`` (``nullfs.py``: pyfuse3 with direct_io
+doing no data work, the ceiling of ubcfs's transport) and ``backing`` (the backing directory
+itself, no FUSE) -- and, with ``--baseline-tree DIR``, a sixth, ``baseline``: the ubcfs of
+another checkout (an earlier commit, ``scripts/setup.sh`` run in it), so that "n times the
+earlier figures" is judged within the same rounds, not against a run on another day.  They
+run the same fio jobs: sequential write (1 MiB, fsync at the end), sequential read
 cold (fresh mount, host page cache dropped) and warm (the same file again), random 4 KiB
 reads and writes on a file that fits, 1 KiB appends, random 4 KiB reads and writes on a file
 twice the size of ``--memory`` with the host caches dropped and a fresh mount (the file
@@ -13,7 +17,7 @@ of small files, timed here in Python).
 The run is split into rounds (``--rounds N``, default 3; 1 with ``--quick``).  Each round
 runs every target once (mount on fresh backing directories, all jobs, unmount), and the
 order of the targets rotates from round to round (round 0: ubcfs, no-ubc, passthrough,
-backing; round 1: no-ubc, passthrough, backing, ubcfs; ...), so a drift of the machine's
+null, backing; round 1: no-ubc, passthrough, null, backing, ubcfs; ...), so a drift of the machine's
 speed hits every target alike.  The table gives, per job, the median over rounds of each
 target's MB/s or ops/s, the ratios of ubcfs to each other target computed within each round
 and then their median (not a ratio of medians), the min-max spread of the per-round
@@ -28,7 +32,8 @@ everything, per-round figures and machine information included.
 Usage (as root, fio installed: ``apt-get install fio``)::
 
     .venv/bin/python benchmarks/mount_fio.py [--quick] [--rounds N] [--memory 128M]
-        [--json out.json] [--baseline benchmarks/baseline-2e8e637.json] [--dir DIR]
+        [--json out.json] [--baseline benchmarks/baseline-2e8e637.json]
+        [--baseline-tree ../wt-base] [--dir DIR]
         [--sdist-cache DIR]
 
 Exit status: 0 after a run (whatever the verdicts), 1 when a job, a mount or an unmount
@@ -65,9 +70,12 @@ SDIST_PIN = TOP / "scripts" / "pyfuse3-sdist.txt"
 BUILD_CONSTRAINTS = TOP / "scripts" / "pyfuse3-build-constraints.txt"
 DEFAULT_SDIST_CACHE = TOP / ".venv" / "pyfuse3-sdist"  # .venv/ is not in git
 
-TARGETS = ("ubcfs", "no-ubc", "passthrough", "backing")
-OTHERS = TARGETS[1:]
-SHORT = {"no-ubc": "noubc", "passthrough": "pass", "backing": "back"}
+TARGETS = ("ubcfs", "no-ubc", "passthrough", "null", "backing")
+BASELINE_TARGET = "baseline"  # with --baseline-tree: that checkout's ubcfs, in the same rounds
+SHORT = {"no-ubc": "noubc", "passthrough": "pass", "null": "null", "backing": "back",
+         BASELINE_TARGET: "base"}  # fmt: skip
+SCRIPTED = ("passthrough", "null")  # targets that are a script run in the foreground
+NULLFS = TOP / "benchmarks" / "nullfs.py"
 
 MOUNT_TIMEOUT = 30.0  # seconds for passthroughfs to mount and answer
 UMOUNT_TIMEOUT = 60.0
@@ -266,8 +274,8 @@ def fusermount_u(path: str, lazy: bool = False) -> bool:
         return False
 
 
-def ubcfs_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([UBCFS, *args], capture_output=True, text=True)
+def ubcfs_cmd(exe: str, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([exe, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         msg = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         raise FailureError(f"ubcfs {' '.join(args[:2])} failed: {msg[0]}")
@@ -335,9 +343,20 @@ LIVE: dict[str, Target] = {}  # mount point -> mounted target, for the clean-up
 
 class Target:
     def __init__(
-        self, name: str, root: str, memory: str, page_size: str, passthrough: Path | None, rnd: int
+        self,
+        name: str,
+        root: str,
+        memory: str,
+        page_size: str,
+        passthrough: Path | None,
+        rnd: int,
+        baseline_tree: Path | None = None,
     ) -> None:
         self.name = name
+        self.ubcfs = UBCFS
+        if name == BASELINE_TARGET:
+            assert baseline_tree is not None
+            self.ubcfs = str(baseline_tree / ".venv" / "bin" / "ubcfs")
         self.backing = os.path.join(root, f"{name}-r{rnd}-backing")
         self.mnt = os.path.join(root, f"{name}-r{rnd}-mnt")
         self.log = os.path.join(root, f"{name}-r{rnd}.log")
@@ -360,11 +379,12 @@ class Target:
         if not self.fuse:
             return
         LIVE[self.mnt] = self
-        if self.name == "passthrough":
-            self._start_passthrough()
+        if self.name in SCRIPTED:
+            self._start_script()
             return
         extra = ["--no-ubc"] if self.name == "no-ubc" else []
         ubcfs_cmd(
+            self.ubcfs,
             "mount",
             self.mnt,
             "--backing",
@@ -376,12 +396,15 @@ class Target:
             *extra,
         )
 
-    def _start_passthrough(self) -> None:
-        assert self.passthrough is not None
+    def _start_script(self) -> None:
+        """passthroughfs or nullfs, in the foreground, as ``script BACKING MOUNTPOINT``."""
+        script = NULLFS if self.name == "null" else self.passthrough
+        label = "nullfs" if self.name == "null" else "passthroughfs"
+        assert script is not None
         with open(self.log, "ab") as log:
             # A session of its own: Ctrl-C goes to us, and we unmount it cleanly.
             self.proc = subprocess.Popen(
-                [sys.executable, str(self.passthrough), self.backing, self.mnt],
+                [sys.executable, str(script), self.backing, self.mnt],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -391,11 +414,9 @@ class Target:
         while not is_mounted(self.mnt):
             rc = self.proc.poll()
             if rc is not None:
-                raise FailureError(
-                    f"passthroughfs exited with {rc} before mounting: {self._log_tail()}"
-                )
+                raise FailureError(f"{label} exited with {rc} before mounting: {self._log_tail()}")
             if time.monotonic() > deadline:
-                raise FailureError(f"passthroughfs did not mount in {MOUNT_TIMEOUT:g} s")
+                raise FailureError(f"{label} did not mount in {MOUNT_TIMEOUT:g} s")
             time.sleep(0.02)
         os.listdir(self.mnt)  # answers: the trio main loop runs
 
@@ -408,8 +429,8 @@ class Target:
     def umount(self) -> None:
         if not self.fuse:
             return
-        if self.name != "passthrough":
-            ubcfs_cmd("umount", self.mnt)
+        if self.name not in SCRIPTED:
+            ubcfs_cmd(self.ubcfs, "umount", self.mnt)
             LIVE.pop(self.mnt, None)
             return
         proc = self.proc
@@ -424,15 +445,15 @@ class Target:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise FailureError("passthroughfs did not exit after its unmount") from None
+                raise FailureError(f"{self.name} did not exit after its unmount") from None
             self.proc = None
             if rc != 0:
-                raise FailureError(f"passthroughfs exited with {rc}: {self._log_tail()}")
+                raise FailureError(f"{self.name} exited with {rc}: {self._log_tail()}")
         LIVE.pop(self.mnt, None)
 
     def force_umount(self) -> None:
         """Clean-up after an error or Ctrl-C: unmount however it goes, kill what is left."""
-        if self.name != "passthrough" and is_mounted(self.mnt):
+        if self.name not in SCRIPTED and is_mounted(self.mnt):
             with contextlib.suppress(FailureError, OSError):
                 self.umount()
         if is_mounted(self.mnt) and not fusermount_u(self.mnt):
@@ -455,7 +476,7 @@ class Target:
     def counters(self) -> dict[str, int]:
         if self.name != "ubcfs":
             return {}
-        out = json.loads(ubcfs_cmd("stat", self.mnt, "--json").stdout)
+        out = json.loads(ubcfs_cmd(self.ubcfs, "stat", self.mnt, "--json").stdout)
         return dict(out["counters"])
 
 
@@ -493,10 +514,10 @@ def bench_target(t: Target, jobs: list[Job], nmeta: int) -> tuple[dict[str, floa
     return results, counters
 
 
-def round_order(rnd: int) -> list[str]:
+def round_order(rnd: int, targets: list[str]) -> list[str]:
     """The targets of round ``rnd``, rotated left by ``rnd``."""
-    k = rnd % len(TARGETS)
-    return [*TARGETS[k:], *TARGETS[:k]]
+    k = rnd % len(targets)
+    return [*targets[k:], *targets[:k]]
 
 
 # --- results --------------------------------------------------------------------------------
@@ -511,15 +532,15 @@ def verdict(ok: bool) -> str:
 
 
 def summarize(
-    per_round: list[dict[str, dict[str, float]]], rows: list[str]
+    per_round: list[dict[str, dict[str, float]]], rows: list[str], targets: list[str]
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, Any]]:
     """Medians per target, per-round ratios with their median/min/max, and the checks."""
     medians = {
         name: {r: statistics.median(rd[name][r] for rd in per_round) for r in rows}
-        for name in TARGETS
+        for name in targets
     }
     ratios: dict[str, Any] = {}
-    for other in OTHERS:
+    for other in targets[1:]:
         ratios[f"ubcfs/{other}"] = {}
         for r in rows:
             each = [ratio(rd["ubcfs"][r], rd[other][r]) for rd in per_round]
@@ -574,8 +595,13 @@ def acceptance(
         for job, target in table.items():
             got = ratios[f"ubcfs/{other}"].get(job)
             row(job, f"ubcfs/{other}", got["median"] if got else None, target)
+    same_run = ratios.get(f"ubcfs/{BASELINE_TARGET}")
     for job, target in ACCEPT_BASELINE.items():
-        row(job, "ubcfs/baseline", base.get(job) if has_baseline else None, target)
+        if same_run is not None:  # --baseline-tree: the earlier code in these very rounds
+            got = same_run.get(job)
+            row(job, "ubcfs/baseline-tree", got["median"] if got else None, target)
+        else:
+            row(job, "ubcfs/baseline", base.get(job) if has_baseline else None, target)
     return out
 
 
@@ -587,40 +613,46 @@ def print_table(
     ratios: dict[str, Any],
     checks: dict[str, Any],
     base: dict[str, float],
+    targets: list[str],
 ) -> None:
+    others = targets[1:]
+    shorts = [SHORT[o] for o in others]
     if rounds > 1:
         print(
-            f"{rounds} rounds, target order rotated each round; ubcfs, no-ubc, passthru, backing:"
-            " median over rounds;\nubc/noubc, ubc/pass, ubc/back: ratio within each round, then"
-            " the median of those per-round ratios;\nspread: min-max over rounds of the"
+            f"{rounds} rounds, target order rotated each round; {', '.join(targets)}: median"
+            f" over rounds;\n{', '.join('ubc/' + x for x in shorts)}: ratio within each round,"
+            " then the median of those per-round ratios;\nspread: min-max over rounds of the"
             " per-round ubc/noubc"
         )
     else:
         print("1 round: the figures and ratios of that round alone (use --rounds 3 or more)")
     print(
         f"checks: ubc/noubc >= {RATIO_TARGET} for every job; floor = absolute minimum for ubcfs"
-        " (0.8x a do-nothing pyfuse3 daemon)"
+        " (0.8x a do-nothing pyfuse3 daemon); null = pyfuse3 doing no data work (nullfs.py):"
+        " the transport's ceiling"
         + ("; vs base = ubcfs median / the baseline's ubcfs median" if base else "")
     )
     spread_h = f" {'spread':>11}" if rounds > 1 else ""
     base_h = f" {'vs base':>7}" if base else ""
     print(
-        f"{'job':25} {'ubcfs':>9} {'no-ubc':>9} {'passthru':>9} {'backing':>9}"
-        f" {'ubc/noubc':>9}{spread_h} {'ubc/pass':>8} {'ubc/back':>8}{base_h}"
-        f"  {'unit':5}  {'ratio':5}  floor"
+        f"{'job':25} "
+        + " ".join(f"{SHORT.get(t, t)[:9]:>9}" for t in targets)
+        + f" {'ubc/noubc':>9}{spread_h} "
+        + " ".join(f"{'ubc/' + x:>9}" for x in shorts[1:])
+        + f"{base_h}  {'unit':5}  {'ratio':5}  floor"
     )
     for r in rows:
-        u, n, p, b = (medians[name][r] for name in TARGETS)
         un = ratios["ubcfs/no-ubc"][r]
         spread = f" {un['min']:5.2f}-{un['max']:<5.2f}" if rounds > 1 else ""
-        up = ratios["ubcfs/passthrough"][r]["median"]
-        ub = ratios["ubcfs/backing"][r]["median"]
         vb = (f" {base[r]:7.2f}" if r in base else f" {'-':>7}") if base else ""
         c = checks[r]
         floor = f"{c['floor']['verdict']} (>= {c['floor']['target']:g})" if "floor" in c else "-"
         print(
-            f"{r:25} {u:9.1f} {n:9.1f} {p:9.1f} {b:9.1f} {un['median']:9.2f}{spread}"
-            f" {up:8.2f} {ub:8.3f}{vb}  {units[r]:5}  {c['ratio']['verdict']:5}  {floor}"
+            f"{r:25} "
+            + " ".join(f"{medians[t][r]:9.1f}" for t in targets)
+            + f" {un['median']:9.2f}{spread} "
+            + " ".join(f"{ratios[f'ubcfs/{o}'][r]['median']:9.3f}" for o in others[1:])
+            + f"{vb}  {units[r]:5}  {c['ratio']['verdict']:5}  {floor}"
         )
     verdicts = [v["verdict"] for c in checks.values() for v in c.values()]
     print(f"checks: {verdicts.count('PASS')} PASS, {verdicts.count('MISS')} MISS")
@@ -639,7 +671,9 @@ def print_acceptance(
         v = a["value"]
         shown = f"{v:6.2f}" if v is not None else f"{'n/a':>6}"
         note = ""
-        if a["against"] == "ubcfs/baseline":
+        if a["against"] == "ubcfs/baseline-tree":
+            note = "  (the --baseline-tree's ubcfs in the same rounds)"
+        elif a["against"] == "ubcfs/baseline":
             note = f"  (baseline {baseline})" if baseline else "  (no --baseline given)"
         print(
             f"  {a['job']:25} {a['against']:18} {shown} >= {a['target']:<4g}  {a['verdict']}{note}"
@@ -728,6 +762,12 @@ def main() -> int:
     ap.add_argument("--page-size", default="4K", help="ubcfs --page-size (default 4K)")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--baseline", metavar="FILE", help="the --json of an earlier run to compare")
+    ap.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="a checkout of earlier code with its own .venv (scripts/setup.sh run there):"
+        " its ubcfs runs as target 'baseline' in the same rounds",
+    )
     ap.add_argument("--label", help="a note stored in the JSON's machine information")
     ap.add_argument("--dir", default=None, help="where to put backing dirs (default: a tmp dir)")
     ap.add_argument(
@@ -753,6 +793,16 @@ def main() -> int:
                 raise TypeError("no results.ubcfs")
         except (OSError, ValueError, KeyError, TypeError) as e:
             ap.error(f"--baseline {args.baseline}: not a mount_fio.py JSON ({e})")
+    targets = list(TARGETS)
+    baseline_tree: Path | None = None
+    if args.baseline_tree:
+        baseline_tree = Path(args.baseline_tree).resolve()
+        if not os.access(baseline_tree / ".venv" / "bin" / "ubcfs", os.X_OK):
+            ap.error(
+                f"--baseline-tree {args.baseline_tree}: no .venv/bin/ubcfs there"
+                " (run scripts/setup.sh in that checkout first)"
+            )
+        targets.insert(1, BASELINE_TARGET)
     if shutil.which("fio") is None:
         print("mount_fio: fio is not installed (apt-get install fio)", file=sys.stderr)
         return 2
@@ -774,11 +824,11 @@ def main() -> int:
     try:
         script = passthrough_script(Path(args.sdist_cache), Path(root))
         for rnd in range(rounds):
-            order = round_order(rnd)
+            order = round_order(rnd, targets)
             results: dict[str, dict[str, float]] = {}
             t0 = time.monotonic()
             for name in order:
-                t = Target(name, root, args.memory, args.page_size, script, rnd)
+                t = Target(name, root, args.memory, args.page_size, script, rnd, baseline_tree)
                 results[name], c = bench_target(t, jobs, nmeta)
                 t.remove()
                 if c:
@@ -816,9 +866,9 @@ def main() -> int:
     rows = list(per_round[0]["ubcfs"])
     units = {j.name: j.unit for j in jobs}
     units.update({r: "ops/s" for r in rows if r not in units})
-    medians, ratios, checks = summarize(per_round, rows)
+    medians, ratios, checks = summarize(per_round, rows, targets)
     base = vs_baseline(medians, baseline)
-    print_table(rounds, rows, units, medians, ratios, checks, base)
+    print_table(rounds, rows, units, medians, ratios, checks, base, targets)
     if baseline is not None:
         differ = [
             f"{k} {baseline.get(k)!r} here {v!r}"
@@ -847,6 +897,8 @@ def main() -> int:
             "checks": checks,
             "acceptance": accept,
             "baseline": args.baseline,
+            "baseline_tree": str(baseline_tree) if baseline_tree else None,
+            "targets": targets,
             "vs_baseline": base,
             "units": units,
             "counters": counters,

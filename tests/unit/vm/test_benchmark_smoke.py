@@ -66,11 +66,11 @@ def test_mount_fio_acceptance_rows() -> None:
     mod = _load("mount_fio")
     jobs = mod.fio_jobs(32, 3, 256 << 20)
     rows = [j.name for j in jobs] + ["create (meta)", "stat (meta)", "unlink (meta)"]
-    factor = {"ubcfs": 2.0, "no-ubc": 1.0, "passthrough": 1.0, "backing": 4.0}
-    per_round = [
-        {t: dict.fromkeys(rows, factor[t] * (k + 1)) for t in mod.TARGETS} for k in range(3)
-    ]
-    medians, ratios, _checks = mod.summarize(per_round, rows)
+    factor = {"ubcfs": 2.0, "no-ubc": 1.0, "passthrough": 1.0, "null": 8.0, "backing": 4.0}
+    targets = list(mod.TARGETS)
+    per_round = [{t: dict.fromkeys(rows, factor[t] * (k + 1)) for t in targets} for k in range(3)]
+    medians, ratios, _checks = mod.summarize(per_round, rows, targets)
+    assert ratios["ubcfs/null"]["rand read 4K"]["median"] == 0.25
     assert ratios["ubcfs/passthrough"]["seq write 1M+fsync"]["median"] == 2.0
     base = mod.vs_baseline(medians, {"results": {"ubcfs": dict.fromkeys(rows, 2.0)}})
     assert base["rand read 4K 2xmem cold"] == 2.0
@@ -83,6 +83,16 @@ def test_mount_fio_acceptance_rows() -> None:
     verdicts = {(a["job"], a["against"]): a["verdict"] for a in accept}
     assert verdicts[("append 1K", "ubcfs/no-ubc")] == "PASS"  # 2.0 >= 1.95
     assert all(a["verdict"] == "MISS" for a in mod.acceptance(3, ratios, {}, False)[-2:])
+    # --baseline-tree: the earlier checkout ran in the same rounds, and is judged so.
+    targets.insert(1, mod.BASELINE_TARGET)
+    for k, rd in enumerate(per_round):
+        rd[mod.BASELINE_TARGET] = dict.fromkeys(rows, 1.25 * (k + 1))
+    _m, ratios, _c = mod.summarize(per_round, rows, targets)
+    same = {a["job"]: a for a in mod.acceptance(3, ratios, {}, False)}
+    assert same["rand read 4K 2xmem cold"]["against"] == "ubcfs/baseline-tree"
+    assert same["rand read 4K 2xmem cold"]["value"] == 1.6
+    assert same["rand read 4K 2xmem cold"]["verdict"] == "PASS"
+    mod.print_table(3, rows, dict.fromkeys(rows, "ops/s"), _m, ratios, _c, {}, targets)
 
 
 def test_engine_page_cpu_targets() -> None:
