@@ -190,11 +190,16 @@ async def getpages(
     if flags & PGO_OVERWRITE:
         # The caller will overwrite every page entirely: no read, no zero-fill.  The pages
         # are dirty from now on, and stay PG_FAKE until the caller has filled them.
+        exp = uvm.uvmexp
+        size = node.size
         for pg in pages:
             if pg.flags & PG_FAKE:
                 pg.flags &= ~PG_RDONLY
                 pagemarkdirty(pg)
-                uvm.uvmexp.fastpath_skipped_zero += 1
+                if pg.offset < size:
+                    exp.overwrite_skipped_read += 1
+                else:
+                    exp.fastpath_skipped_zero += 1
         return 0, pages
     err = await _read_fake_pages(node, pages)
     if err:

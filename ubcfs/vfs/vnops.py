@@ -147,16 +147,20 @@ async def vop_write(
         vp.unsynced = True
         uio = Uio(buf, efault_at)
         ranges: list[tuple[int, int, int]] = [(offset, end, 0)]
-        if vp.params.fastpath:
-            # Whole pages entirely beyond the old EOF (and inside this write).
-            fast_lo = max(-(-oldsize // ps) * ps, -(-offset // ps) * ps)
-            fast_hi = end // ps * ps
-            if fast_lo < fast_hi:
-                ranges = [
-                    (offset, fast_lo, 0),
-                    (fast_lo, fast_hi, UBC_FAULTBUSY),
-                    (fast_hi, end, 0),
-                ]
+        # UBC_FAULTBUSY for the whole pages this write covers (ffs_write's two cases): past
+        # the old EOF, the extending-write fast path (neither read nor zeroed); inside the
+        # file, a page overwritten entirely is not read first.  Without the fast path only
+        # the pages inside the file (up to the old EOF's page) are taken so.
+        fast_lo = -(-offset // ps) * ps
+        fast_hi = end // ps * ps
+        if not vp.params.fastpath:
+            fast_hi = min(fast_hi, -(-oldsize // ps) * ps)
+        if fast_lo < fast_hi:
+            ranges = [
+                (offset, fast_lo, 0),
+                (fast_lo, fast_hi, UBC_FAULTBUSY),
+                (fast_hi, end, 0),
+            ]
         err = 0
         for lo, hi, flags in ranges:
             if hi > lo:

@@ -29,6 +29,7 @@ CONTRACT_COUNTERS = [
     "pageout_failed",
     "zero_fills",
     "fastpath_skipped_zero",
+    "overwrite_skipped_read",
     "readahead_pages",
     "ubc_hits",
     "ubc_misses",
@@ -76,6 +77,7 @@ class Uvmexp:
     pageout_failed: int = 0  # pages whose write failed (they stay dirty)
     zero_fills: int = 0  # whole pages zero-filled in memory instead of read
     fastpath_skipped_zero: int = 0  # extending-write pages neither read nor zeroed
+    overwrite_skipped_read: int = 0  # pages inside the file overwritten whole, not read first
     readahead_pages: int = 0
     ubc_hits: int = 0
     ubc_misses: int = 0

@@ -15,14 +15,17 @@ user left on the idle LRU **with its mappings in place**: a later access to the 
 costs no fault.  The pagedaemon may still take those pages: it removes their mappings with
 ``pmap_page_protect`` first.
 
-The extending-write fast path (UBC_FAULTBUSY): ``ubc_alloc`` gets the pages busy and
-unread (PGO_OVERWRITE) and enters them with ``pmap_kenter_pa``; ``ubc_release`` clears
-PG_FAKE and PG_CLEAN (kenter writes are invisible to the pmap), activates and unbusies them.
-The fast path covers whole pages only (``_faultbusy`` panics otherwise), so a copy that
-succeeds has filled every page: there is no tail to zero.  The partial last page of an
-extending write takes the slow path, whose fault zero-fills it.  If the copy failed part
-way, every page of the window that was not valid before is zeroed first, so garbage is
-never exposed.
+UBC_FAULTBUSY (ffs_write uses it for the whole pages of a write: the extending-write fast
+path past the old EOF, and pages inside the file that the write overwrites entirely):
+``ubc_alloc`` gets the pages busy and unread (PGO_OVERWRITE) and enters them with
+``pmap_kenter_pa``; ``ubc_release`` clears PG_FAKE and PG_CLEAN (kenter writes are invisible
+to the pmap), activates and unbusies them.  It covers whole pages only (``_faultbusy``
+panics otherwise), so a copy that succeeds has filled every page: there is no tail to
+zero.  The partial edge pages of a write take the slow path, whose fault reads them (or
+zero-fills them past EOF).  If the copy failed part way, every page of the window that was
+not valid before is zeroed and freed at the unbusy (PG_RELEASED), so garbage is never
+exposed and, inside the file, the old bytes are read back from the backing file -- where
+NetBSD zeroes them and writes the zeroes.
 
 The idle windows are on an LRU queue linked through the windows themselves (kernel: the
 ``ubc_object.inactive`` TAILQ): taking one off or putting one on allocates nothing.
@@ -46,6 +49,7 @@ from ubcfs.vm.diag import panic
 from ubcfs.vm.page import (
     PG_FAKE,
     PG_RDONLY,
+    PG_RELEASED,
     page_unbusy_many,
     pageactivate,
     pagemarkdirty,
@@ -221,8 +225,8 @@ class Ubc:
 
     Attributes:
         release_hook: for tests, None or a callable that ``ubc_release`` of a UBC_FAULTBUSY
-            window calls last, with the window, the error and the pages that were never
-            valid (zeroed when the copy failed).
+            window calls just before it unbusies the pages, with the window, the error and
+            the pages that were never valid (zeroed and PG_RELEASED when the copy failed).
     """
 
     def __init__(self, uvm: Uvm, nwins: int = 256, winsize: int = 64 * 1024) -> None:
@@ -355,26 +359,34 @@ class Ubc:
     def ubc_release(self, win: UbcWindow, error: int) -> None:
         """Drop a use of a window (kernel: ubc_release).
 
-        For a UBC_FAULTBUSY window: zero the pages that were never valid if the copy failed
-        (``error``; a successful copy filled every page, they are whole); mark the pages
-        dirty, activate and unbusy them, and kremove them.  The last user leaves the window on the
-        idle LRU with its managed mappings in place.
+        For a UBC_FAULTBUSY window: if the copy failed (``error``), zero the pages that were
+        never valid and free them at the unbusy (a successful copy filled every page, they
+        are whole); kremove the pages, mark the others dirty, activate and unbusy them.  The
+        last user leaves the window on the idle LRU with its managed mappings in place.
         """
         uvm = self.uvm
-        fake = win.fakepages if win.busypages else None
         if win.busypages:
             physmem = uvm.physmem
             ps = uvm.page_size
             if error:
+                # Never filled: zeroed (no garbage in any frame), then freed at the unbusy
+                # below.  Inside the file the backing store still has the old data, which
+                # the next access reads again; past the old EOF the writer cuts the file
+                # back anyway.
                 for pg in win.fakepages:
                     physmem.zero(pg.phys_addr)
+                    pg.flags |= PG_RELEASED
             first = win.va + (win.busypages[0].offset - win.offset)
             pmap_kremove(self.pmap, first, len(win.busypages) * ps)
             pmap_update(self.pmap)
             for pg in win.busypages:
+                if pg.flags & PG_RELEASED:
+                    continue
                 pg.flags &= ~PG_FAKE
                 pagemarkdirty(pg)
                 pageactivate(uvm, pg)
+            if self.release_hook is not None:
+                self.release_hook(win, error, win.fakepages)
             page_unbusy_many(uvm, win.busypages)
             win.busypages = []
             win.fakepages = []
@@ -387,8 +399,6 @@ class Ubc:
             if self._window_waiters:
                 ev, self._window_idle = self._window_idle, trio.Event()
                 ev.set()
-        if fake is not None and self.release_hook is not None:
-            self.release_hook(win, error, fake)
 
     # --- faults and copies --------------------------------------------------------------
 

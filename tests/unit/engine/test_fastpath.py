@@ -242,3 +242,75 @@ async def test_copy_fault_after_earlier_windows_were_paged_out(tmp_path: Path) -
         await assert_engine_matches(eng, vp, model)
         assert await eng.release(vp) == 0
     assert_backing_matches(path, model)
+
+
+# --- whole pages overwritten inside the file (ffs_write's second UBC_FAULTBUSY case) ----------
+
+
+async def test_whole_page_overwrite_inside_the_file_reads_nothing(tmp_path: Path) -> None:
+    """A write covering pages 2-5 of an 8-page file, from mid-page 1 to mid-page 6: the four
+    whole pages are neither read nor zeroed (``overwrite_skipped_read``), the two partial
+    edge pages are read; a resident page among them keeps its identity."""
+    path = tmp_path / "f"
+    old = pattern(5, 8 * PAGE)
+    path.write_bytes(old)
+    async with new_engine(256).running() as eng:
+        vp = await eng.open(str(path))
+        io = gated_io(eng)
+        exp = eng.uvm.uvmexp
+        err, _ = await eng.read(vp, 3 * PAGE, 10)  # page 3 resident (and read-ahead)
+        assert err == 0
+        resident = dict(vp.uobj.pages)
+        reads, skipped = len(io.read_calls), exp.overwrite_skipped_read
+        data = pattern(6, 5 * PAGE)
+        assert await eng.write(vp, PAGE + 2048, data) == (0, len(data))
+        new_reads = io.read_calls[reads:]
+        whole = range(2 * PAGE, 6 * PAGE)
+        assert not any(off < whole.stop and off + n > whole.start for off, n in new_reads)
+        assert exp.overwrite_skipped_read - skipped == sum(
+            1 for off in range(2 * PAGE, 6 * PAGE, PAGE) if off not in resident
+        )
+        assert vp.uobj.pages[3 * PAGE] is resident[3 * PAGE]
+        model = FileModel(old)
+        model.write(PAGE + 2048, data)
+        await assert_engine_matches(eng, vp, model)
+        assert await eng.fsync(vp) == 0
+        assert_backing_matches(path, model)
+        assert_sound(eng)
+        assert await eng.release(vp) == 0
+
+
+@pytest.mark.parametrize("fastpath", [True, False])
+async def test_copy_fault_in_an_overwrite_keeps_the_old_data(
+    tmp_path: Path, fastpath: bool
+) -> None:
+    """EFAULT part way through a whole-page overwrite inside the file: the pages of the
+    window that faulted, never valid before, are freed, not written (their old bytes are
+    still on the backing file, and the next read gets them back), never zeroes; the pages
+    filled in earlier windows hold the new bytes.  With or without the extending fast path:
+    this case is not the extending one."""
+    path = tmp_path / "f"
+    old = pattern(7, 16 * PAGE)
+    path.write_bytes(old)
+    async with new_engine(256, params=GenfsParams(fastpath=fastpath)).running() as eng:
+        vp = await eng.open(str(path))
+        spy = ReleaseSpy(eng)
+        data = b"N" * (12 * PAGE)
+        fault_at = 9 * PAGE + 300  # inside page 11 of the file: window [8, 12) pages
+        err, n = await vop_write(eng.ubc, vp, 2 * PAGE, data, efault_at=fault_at)
+        assert (err, n) == (errno.EFAULT, 0)
+        assert vp.size == len(old)
+        assert spy.failed_offsets, "the failed window held unread pages"
+        assert all(page_is_free(pg) for pg in spy.failed_pages)
+        assert all(off not in vp.uobj.pages for off in spy.failed_offsets)
+        assert sorted(spy.failed_offsets) == [8 * PAGE, 9 * PAGE, 10 * PAGE, 11 * PAGE]
+        # Windows of 4 pages: pages 2-7 were filled in the windows before the one that
+        # faulted; 8-11 (that window, none of them valid before) and 12-13 (never reached)
+        # keep their old bytes, as does everything outside the write.
+        model = FileModel(old)
+        model.write(2 * PAGE, b"N" * (6 * PAGE))
+        await assert_engine_matches(eng, vp, model)
+        assert await eng.fsync(vp) == 0
+        assert_backing_matches(path, model)
+        assert_sound(eng)
+        assert await eng.release(vp) == 0
