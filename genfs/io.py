@@ -291,17 +291,23 @@ def _run_read_done(node: GenfsNode, run: list[VmPage], nbytes: int, err: int, nr
 
 
 def _note_access(node: GenfsNode, offset: int, npages: int) -> None:
-    """Track sequential access and start read-ahead for a sequential reader."""
+    """Track sequential access and start read-ahead for a sequential reader (kernel:
+    uvm_ra_request): the window doubles with each sequential access, from
+    ``readahead_min`` up to ``readahead``, so that a reader whose requests are larger than
+    the first window soon has the next ones read while it copies; a read is started only
+    once half a window is missing, so the reads come in large runs."""
     ps = node.uvm.page_size
     end = offset + npages * ps
     sequential = offset == node.ra_next
     node.ra_next = end
-    if not sequential or node.params.readahead <= 0 or node.uvm.aio is None:
+    params = node.params
+    if not sequential or params.readahead <= 0 or node.uvm.aio is None:
+        node.ra_win = 0
         return
-    ra = node.params.readahead
+    win = node.ra_win = min(params.readahead, max(params.readahead_min, 2 * node.ra_win))
     lo = max(end, node.ra_end)
-    hi = min(end + ra, (node.size + ps - 1) // ps * ps)
-    if hi - lo < ra // 2:
+    hi = min(end + win, (node.size + ps - 1) // ps * ps)
+    if hi - lo < win // 2:
         return
     readahead(node, lo, hi)
 

@@ -35,14 +35,19 @@ class GenfsParams:
 
     Attributes:
         maxphys: largest single I/O in bytes (kernel: MAXPHYS); clusters never exceed it.
-        readahead: bytes read ahead of a sequential reader.
+        readahead: the largest read-ahead window, in bytes: how far ahead of a sequential
+            reader its pages are read (kernel: RA_WINSIZE_MAX).
+        readahead_min: the window a reader starts with once it is seen to be sequential;
+            each further sequential access doubles it up to ``readahead``, any other access
+            drops it (kernel: RA_WINSIZE_INIT, uvm_ra_request).
         fastpath: the extending-write fast path is on.
         writebehind: start an async write-back each time a sequential writer finishes this
             many bytes (0: off), as ffs_write does every 64 KiB.
     """
 
     maxphys: int = 1024 * 1024
-    readahead: int = 512 * 1024
+    readahead: int = 4 * 1024 * 1024
+    readahead_min: int = 128 * 1024
     fastpath: bool = True
     writebehind: int = 1024 * 1024
 
@@ -59,7 +64,8 @@ class GenfsNode:
         io: the backing I/O edge.
         params: tunables.
         numoutput: writes in flight (v_numoutput).
-        ra_next: where a sequential reader would read next; ra_end: end of read-ahead issued.
+        ra_next: where a sequential reader would read next; ra_end: end of read-ahead issued;
+            ra_win: the current read-ahead window (0 while the access is not sequential).
         write_error: errno of the last failed write not yet reported (its pages stay dirty).
         wb_logged_at, wb_unlogged, wb_logged: the rate limit of write-failure log lines (see
             ``genfs.io._note_write_result``): when the last line was written, failures left
@@ -87,6 +93,7 @@ class GenfsNode:
         self._output_done.set()
         self.ra_next = -1
         self.ra_end = 0
+        self.ra_win = 0
         self.write_error = 0
         self.wb_logged_at = -math.inf
         self.wb_unlogged = 0

@@ -161,6 +161,38 @@ async def test_readahead_on_sequential_reads(tmp_path: Path) -> None:
         assert await eng.release(vp) == 0
 
 
+async def test_readahead_window_grows_with_a_sequential_reader(tmp_path: Path) -> None:
+    """The window doubles with each sequential access from ``readahead_min`` to
+    ``readahead``, so a reader of requests larger than the first window soon finds each
+    request read ahead of it; a jump drops the window back."""
+    path = tmp_path / "f"
+    data = pattern(9, 512 * PAGE)
+    path.write_bytes(data)
+    params = GenfsParams(readahead=256 * 1024, readahead_min=32 * 1024, maxphys=64 * 1024)
+    async with new_engine(1024, nwins=16, winsize=64 * 1024, params=params).running() as eng:
+        vp = await eng.open(str(path))
+        io = gated_io(eng)
+        chunk = 16 * PAGE  # 64 KiB requests, twice the first window
+        wins = []
+        for off in range(0, 128 * PAGE, chunk):
+            err, got = await eng.read(vp, off, chunk)
+            assert (err, bytes(got)) == (0, data[off : off + chunk])
+            wins.append(vp.ra_win)
+            await eng.aio.drain()
+        # The first request is not known to be sequential yet.
+        assert wins[:5] == [0, 32 * 1024, 64 * 1024, 128 * 1024, 256 * 1024]
+        assert wins[5:] == [256 * 1024] * 3
+        # Once the window outgrew the requests, they found their pages read ahead: the
+        # reader's own reads (one page at the centre of a fault) stopped.
+        late = [c for c in io.read_calls if c[0] >= 64 * PAGE]
+        assert all(n >= 8 * PAGE for _, n in late), late
+        assert vp.ra_end > 128 * PAGE
+        err, _ = await eng.read(vp, 400 * PAGE, PAGE)  # a jump: not sequential
+        assert err == 0
+        assert vp.ra_win == 0
+        assert await eng.release(vp) == 0
+
+
 async def test_readahead_read_error_is_harmless(tmp_path: Path) -> None:
     """A failing read-ahead read (started directly, as ``_note_access`` does) frees its
     pages -- they were never valid -- and counts a read error; the reader later reads them
