@@ -355,8 +355,17 @@ def readahead(node: GenfsNode, start: int, end: int) -> None:
         pending = node.io.start_readv(node.fd, views, run[0].offset) if nbytes else None
         if pending is not None:
             exp.pgpgin_io += 1
-        io = functools.partial(_async_read, pending, nbytes)
-        aio.start_async(io, Buf(run, run[0].offset, False, _read_iodone, node))
+        buf = Buf(run, run[0].offset, False, _read_iodone, node)
+        if pending is None or pending.done():
+            # Served inline (the host had the data cached), failed at once, or wholly past
+            # EOF: complete it here (kernel: a buf whose biodone runs before the strategy
+            # call returns), instead of a trio task and an aiodone wake-up for nothing.
+            err, nread = pending.result() if pending is not None else (0, 0)
+            buf.error = _run_read_done(node, run, nbytes, err, nread)
+            _read_iodone(buf)
+            uvm.pages_freed()
+        else:
+            aio.start_async(functools.partial(_async_read, pending, nbytes), buf)
         if exp.free <= exp.freemin:
             return
 

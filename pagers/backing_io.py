@@ -591,6 +591,17 @@ class PendingRead:
         self._res = res
         self._suspect_fd = suspect_fd  # the fd whose RWF_NOWAIT attempt got EINVAL, or -1
 
+    def done(self) -> bool:
+        """Finished already (served inline, or failed before any hop): ``result()`` has it.
+        (A method, not a property: interpreted subclasses override it.)"""
+        return self._req is None
+
+    def result(self) -> tuple[int, int]:
+        """What ``finish()`` returns, for a read that is ``done``.  => never sleeps."""
+        if self._req is not None:
+            raise RuntimeError("PendingRead.result() of a read still in a worker thread")
+        return self._res
+
     async def finish(self) -> tuple[int, int]:
         """Wait for the read; returns ``(0, nbytes)`` or ``(errno, nbytes_before_error)`` as
         ``BackingIO.readv`` does (fewer bytes than asked means EOF).

@@ -355,6 +355,9 @@ class _GatedRead(PendingRead):
         self._gate = gate
         self._args = (fd, views, offset)
 
+    def done(self) -> bool:
+        return False  # held at its gate until the test opens it
+
     async def finish(self) -> tuple[int, int]:
         fd, views, offset = self._args
         views = await self._gate.hold(views, offset)

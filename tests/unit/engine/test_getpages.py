@@ -193,6 +193,33 @@ async def test_readahead_window_grows_with_a_sequential_reader(tmp_path: Path) -
         assert await eng.release(vp) == 0
 
 
+async def test_readahead_served_inline_completes_at_once(tmp_path: Path) -> None:
+    """A read-ahead whose RWF_NOWAIT attempt gets all its bytes (the host has the file
+    cached) is complete when ``readahead`` returns: its pages valid and unbusy, no async
+    I/O pending, nothing for the aiodone daemon; one that goes to a worker is async."""
+    path = tmp_path / "f"
+    data = pattern(11, 64 * PAGE)
+    path.write_bytes(data)
+    params = GenfsParams(readahead=64 * 1024, maxphys=64 * 1024)
+    async with new_engine(1024, nwins=16, params=params).running() as eng:
+        vp = await eng.open(str(path))
+        readahead(vp, 0, 16 * PAGE)
+        assert eng.aio.pending == 0
+        pages = [vp.uobj.pages[off] for off in range(0, 16 * PAGE, PAGE)]
+        assert not any(pg.flags & (PG_BUSY | PG_FAKE) for pg in pages)
+        assert all(frame_bytes(eng, pg) == data[pg.offset : pg.offset + PAGE] for pg in pages)
+        assert vp.numoutput == 0
+        assert await eng.release(vp) == 0
+    async with new_engine(1024, nwins=16, params=params, nowait=False).running() as eng:
+        vp = await eng.open(str(path))
+        readahead(vp, 0, 16 * PAGE)  # no inline attempt: a worker thread reads it
+        assert eng.aio.pending == 1
+        assert all(vp.uobj.pages[off].flags & PG_BUSY for off in range(0, 16 * PAGE, PAGE))
+        await eng.aio.drain()
+        await assert_engine_matches(eng, vp, FileModel(data))
+        assert await eng.release(vp) == 0
+
+
 async def test_readahead_read_error_is_harmless(tmp_path: Path) -> None:
     """A failing read-ahead read (started directly, as ``_note_access`` does) frees its
     pages -- they were never valid -- and counts a read error; the reader later reads them
