@@ -206,22 +206,37 @@ class Vcache:
         vp.size = vp.writesize = 0
         vp.uobj.generation += 1
         self.ubc.purge(vp.uobj)  # idle windows only; a window in use holds a vnode use
-        del self.table[vp.key]
-        obj_destroy(vp.uobj)
-        self._close_fd(vp)
-        self.discards += 1
-        vp.set_state(VS.RECLAIMED)
-        self._room.set()
-        self._room = trio.Event()
+        self._destroy(vp, discard=True)
+        self._made_room()
         return True
 
-    def _close_fd(self, vp: Vnode) -> None:
+    def _destroy(self, vp: Vnode, discard: bool) -> None:
+        """The end of every reclaim, its pages gone: out of the table, object destroyed,
+        descriptor closed, RECLAIMED.  A written-back file's ctimes are remembered (see
+        ``visible_ctime``); a discarded one is gone.  => never sleeps."""
+        del self.table[vp.key]
+        if not discard:
+            try:
+                self.ctimes[vp.key] = (os.fstat(vp.fd).st_ctime_ns, vp.ctime_ns)
+            except OSError:
+                self.ctimes.pop(vp.key, None)
+        obj_destroy(vp.uobj)
         vp.io.forget(vp.fd)
         try:
             os.close(vp.fd)
         except OSError as e:
             log.warning("%s: closing the backing descriptor: %s", vp.name, e)
         vp.fd = -1
+        if discard:
+            self.discards += 1
+        else:
+            self.reclaims += 1
+        vp.set_state(VS.RECLAIMED)
+
+    def _made_room(self) -> None:
+        """A reclaim ended (done or failed): wake the loads waiting for room."""
+        self._room.set()
+        self._room = trio.Event()
 
     def lookup(self, key: Key) -> Vnode | None:
         """The cached vnode of ``key`` in any state but RECLAIMED, without a use (for
@@ -265,8 +280,7 @@ class Vcache:
             return await self._reclaim_taken(vp, discard)
         finally:
             self.reclaiming -= 1
-            self._room.set()
-            self._room = trio.Event()
+            self._made_room()
 
     async def _reclaim_taken(self, vp: Vnode, discard: bool) -> int:
         if discard:
@@ -288,19 +302,7 @@ class Vcache:
             return err
         assert vp.usecount == 0, f"{vp.name}: got a use while being reclaimed"
         assert not vp.uobj.pages, f"{vp.name}: pages left after its reclaim"
-        del self.table[vp.key]
-        if not discard:
-            try:
-                self.ctimes[vp.key] = (os.fstat(vp.fd).st_ctime_ns, vp.ctime_ns)
-            except OSError:
-                self.ctimes.pop(vp.key, None)
-        obj_destroy(vp.uobj)
-        self._close_fd(vp)
-        if discard:
-            self.discards += 1
-        else:
-            self.reclaims += 1
-        vp.set_state(VS.RECLAIMED)
+        self._destroy(vp, discard)
         return 0
 
     async def reclaim_all(self) -> int:
