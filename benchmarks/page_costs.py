@@ -71,7 +71,7 @@ from typing import Any
 import trio
 
 from genfs.node import GenfsNode
-from pagers.backing_io import BackingIO
+from pagers.backing_io import BackingIO, IOKind
 from ubcfs.vm import diag
 from ubcfs.vm.audit import audit
 from ubcfs.vm.object import UvmObject
@@ -125,7 +125,9 @@ STEPS: tuple[tuple[str, str], ...] = (
 class InstantIO(BackingIO):
     """A backing I/O edge whose writes complete at once without doing any I/O."""
 
-    async def writev(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+    async def writev(
+        self, fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.WRITE
+    ) -> tuple[int, int]:
         return 0, sum(len(v) for v in views)
 
 
@@ -161,7 +163,9 @@ class Rig:
 
     def close(self) -> None:
         """Close and delete the backing file.  The machine stays (its audit, and the test
-        suite's, read it afterwards); its memory goes with the rig."""
+        suite's, read it afterwards); its memory goes with the rig.  The I/O threads stop."""
+        self.real_io.close()
+        self.instant_io.close()
         os.close(self.fd)
         os.unlink(self.path)
 

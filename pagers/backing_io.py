@@ -139,6 +139,8 @@ class IOKind(enum.Enum):
     WRITE = "backing-write"
     FSYNC = "backing-fsync"
     FALLOCATE = "backing-fallocate"
+    SWAP_READ = "swap-read"
+    SWAP_WRITE = "swap-write"
 
     @classmethod
     def parse(cls, name: str) -> IOKind:
@@ -410,7 +412,9 @@ class BackingIO:
             self.stats.injected_failures += 1
         return err
 
-    async def readv(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+    async def readv(
+        self, fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.READ
+    ) -> tuple[int, int]:
         """Read the file bytes at ``offset`` into ``views`` (kernel: the read side of
         genfs_do_io), with one preadv per attempt.
 
@@ -422,8 +426,9 @@ class BackingIO:
         => the caller holds the pages behind ``views`` BUSY; only they are written.
         => may sleep (worker thread), but does not yield when served inline.
         => once a thread is started the read completes, even if cancelled (see module doc).
+        => ``kind`` is the fault-injection kind (the swap pager reads with SWAP_READ).
         """
-        return await self._start_read(fd, views, offset).finish()
+        return await self._start_read(fd, views, offset, kind).finish()
 
     def start_readv(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
         """Start reading the file bytes at ``offset`` into ``views`` and return at once
@@ -438,12 +443,14 @@ class BackingIO:
         => never sleeps.
         """
         self.stats.reads_ahead += 1
-        return self._start_read(fd, views, offset)
+        return self._start_read(fd, views, offset, IOKind.READ)
 
-    def _start_read(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
+    def _start_read(
+        self, fd: int, views: list[memoryview], offset: int, kind: IOKind
+    ) -> PendingRead:
         """Everything of a read up to the hop: injection, the RWF_NOWAIT attempt, and the
         queueing of the rest to a worker."""
-        err = self._injected(IOKind.READ)
+        err = self._injected(kind)
         if err:
             return PendingRead(self, None, (err, 0))
         want = _cluster_bytes(views, offset)
@@ -510,7 +517,9 @@ class BackingIO:
             self.stats.bytes_read += nbytes
         return err, nbytes
 
-    async def writev(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+    async def writev(
+        self, fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.WRITE
+    ) -> tuple[int, int]:
         """Write ``views`` to the file at ``offset`` with one pwritev per attempt, in a worker
         thread (kernel: the write side of genfs_do_io).
 
@@ -520,8 +529,9 @@ class BackingIO:
 
         => the caller holds the pages behind ``views`` BUSY (or otherwise stable) until return.
         => always sleeps unless a fault is injected or the cluster is empty.
+        => ``kind`` is the fault-injection kind (the swap pager writes with SWAP_WRITE).
         """
-        err = self._injected(IOKind.WRITE)
+        err = self._injected(kind)
         if err:
             return err, 0
         want = _cluster_bytes(views, offset)

@@ -486,6 +486,7 @@ def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
     swap = _section(snap, "swap")
     lines.append(f"{swap.get('used', 0):>12} swap slots used")
     lines.append(f"{swap.get('total', 0):>12} swap slots total")
+    lines.append(f"{swap.get('bad', 0):>12} swap slots bad")
     for key, n in _section(snap, "vnodes").items():
         lines.append(f"{n:>12} vnodes {key}")
     fds = _section(snap, "fds")

@@ -16,19 +16,16 @@ import errno
 import random
 import shutil
 import tempfile
-import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import trio
-import trio.lowlevel
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from genfs.node import GenfsParams
 from pagers.backing_io import IOKind
+from tests.stateful.loopthread import LoopThread
 from tests.unit.engine.enginetools import (
     PAGE,
     FileModel,
@@ -48,56 +45,12 @@ NFILES = 2
 MAX_OFFSET = 256 * PAGE  # four times the machine's memory
 
 
-class EngineThread:
+class EngineThread(LoopThread):
     """An engine running in a trio loop on its own thread, driven from synchronous code."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._ready = threading.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("engine thread did not start")
-        if self.error is not None:
-            raise self.error
-
-    def _main(self) -> None:
-        try:
-            trio.run(self._serve)
-        except BaseException as e:  # noqa: BLE001 -- handed to the main thread, re-raised there
-            self.error = e
-        finally:
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with self.engine.running():
-            self._ready.set()
-            await self._stop.wait()
-
-    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``await fn(*args)`` in the engine's loop and return its result."""
-        assert self._token is not None
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
-
-    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in the engine's loop, between two of its steps."""
-        assert self._token is not None
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
-
-    def close(self) -> None:
-        """Leave ``running()`` (which writes everything back) and end the loop."""
-        if self._thread.is_alive() and self._stop is not None and self._token is not None:
-            stop = self._stop
-            trio.from_thread.run_sync(stop.set, trio_token=self._token)
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "engine thread did not stop"
-        if self.error is not None:
-            raise self.error
+        super().__init__(engine.running)
 
 
 offsets = st.one_of(

@@ -14,7 +14,7 @@ SNAP: dict[str, Any] = {
     "page_size": 4096,
     "pages": {"total": 256, "free": 10, "active": 200, "inactive": 46, "wired": 0, "dirty": 7},
     "counters": {"faults": 5, "pageins": 3, "pageouts": 9, "ubc_hits": 4},
-    "swap": {"total": 0, "used": 0},
+    "swap": {"total": 512, "used": 40, "bad": 3},
     "vnodes": {"total": 3, "active": 1, "inactive": 2, "max": 64},
     "fds": {"limit": 1024, "open": 20, "hits": 30, "misses": 10},
 }
@@ -48,6 +48,8 @@ def test_report() -> None:
     assert "          10 pages free" in lines
     assert "           9 pageouts" in lines
     assert "          64 vnodes max" in lines
+    assert "          40 swap slots used" in lines
+    assert "           3 swap slots bad" in lines
     assert "        1024 descriptors limit" in lines
     assert "       75.0% descriptor cache hit rate" in lines
     # A malformed snapshot is shown as far as it goes, never a crash.

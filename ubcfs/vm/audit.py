@@ -17,11 +17,17 @@ Rules checked (numbers as in the reference):
   9  pv lists and page tables correspond one to one; pmap statistics; the pv pool
   10 no writable managed mapping of a PG_RDONLY page
   11 stale-translation bookkeeping agrees with the pmaps
-  12 an object's dirty set covers every page of it that is dirty (PG_CLEAN clear or
-     modified bit set) or writably mapped, and names only resident pages
-  13 (ubcfs) the write-back failure registry names live objects, each with pages waiting,
-     and only resident pages that are dirty or busy (under a new write); its page count is
-     the sum of them
+  12 a swap-backed page that is clean and not busy has a valid slot (PR 7578)
+  13 a swap-backed page that is dirty records no slot
+  14 each allocated slot belongs to exactly one page index, an open swap-out cluster, or
+     the bad slots; ``swpginuse`` and ``swpgonly`` equal their recounts (12-14 are checked by
+     the swap pager's own ``audit``, ``pagers.swap.Swap.audit``)
+  15 an anon's reference count equals the amap slots that hold it
+  dirty (ubcfs) an object's dirty set covers every page of it that is dirty (PG_CLEAN clear
+     or modified bit set) or writably mapped, and names only resident pages
+  wbfail (ubcfs) the write-back failure registry names live objects, each with pages
+     waiting, and only resident pages that are dirty or busy (under a new write); its page
+     count is the sum of them
   and: an owned page that is not busy, not wired and on no queue is lost.
 """
 
@@ -58,6 +64,7 @@ from ubcfs.vm.pmap import (
 )
 
 if TYPE_CHECKING:
+    from ubcfs.vm.anon import VmAnon
     from ubcfs.vm.uvm import Uvm
 
 _P_WRITE = Prot.WRITE.value
@@ -73,7 +80,26 @@ def audit(uvm: Uvm) -> list[str]:
     _check_objects(uvm, out)
     _check_wbfail(uvm, out)
     _check_pmaps(uvm, out)
+    if uvm.swap is not None:
+        out.extend(uvm.swap.audit())  # invariants 12-14: slots and their owners
+    _check_amaps(uvm, out)
     return out
+
+
+def _check_amaps(uvm: Uvm, out: list[str]) -> None:
+    """Rule 15: an anon in some amap has as many references as amap slots hold it, and an
+    amap in use has a reference."""
+    held: dict[int, int] = {}
+    anons: dict[int, VmAnon] = {}
+    for amap in uvm.amaps:
+        if amap.ref <= 0:
+            out.append(f"[15] {amap!r} is registered with no reference")
+        for anon in amap.anons.values():
+            held[id(anon)] = held.get(id(anon), 0) + 1
+            anons[id(anon)] = anon
+    for key, anon in anons.items():
+        if anon.ref != held[key]:
+            out.append(f"[15] {anon!r}: ref {anon.ref}, held by {held[key]} amap slot(s)")
 
 
 def check(uvm: Uvm) -> None:
@@ -233,7 +259,7 @@ def _check_objects(uvm: Uvm, out: list[str]) -> None:
                 or pg.mdattrs & MD_MODIFIED
                 or any(pte.prot & _P_WRITE for pte in pg.pvlist or ())
             ):
-                out.append(f"[12] {obj.name}@{off:#x}: {pg!r} may be dirty, not in the dirty set")
+                out.append(f"[dirty] {obj.name}@{off:#x}: {pg!r} may be dirty, not tagged dirty")
 
 
 def _check_wbfail(uvm: Uvm, out: list[str]) -> None:
@@ -243,19 +269,19 @@ def _check_wbfail(uvm: Uvm, out: list[str]) -> None:
     for obj, ent in wbf.objects.items():
         total += len(ent.pages)
         if obj not in live:
-            out.append(f"[13] write-back failures of {obj.name}, which is no longer an object")
+            out.append(f"[wbfail] write-back failures of {obj.name}, which is no longer an object")
         if not ent.pages:
-            out.append(f"[13] {obj.name} is listed as failing write-back with no page waiting")
+            out.append(f"[wbfail] {obj.name} is listed as failing write-back with no page waiting")
         for off in sorted(ent.pages):
             pg = obj.pages.get(off)
             if pg is None:
-                out.append(f"[13] {obj.name}@{off:#x} waits for a write but is not resident")
+                out.append(f"[wbfail] {obj.name}@{off:#x} waits for a write but is not resident")
             elif pg.flags & PG_CLEAN and not pg.mdattrs & MD_MODIFIED and not pg.flags & PG_BUSY:
-                out.append(f"[13] {obj.name}@{off:#x} waits for a write but is clean: {pg!r}")
+                out.append(f"[wbfail] {obj.name}@{off:#x} waits for a write but is clean: {pg!r}")
     if total != wbf.npages:
-        out.append(f"[13] wbfail.npages is {wbf.npages} but {total} pages are listed")
+        out.append(f"[wbfail] wbfail.npages is {wbf.npages} but {total} pages are listed")
     if bool(wbf.objects) != bool(wbf.last_error):
-        out.append(f"[13] wbfail.last_error {wbf.last_error} with {len(wbf.objects)} objects")
+        out.append(f"[wbfail] wbfail.last_error {wbf.last_error} with {len(wbf.objects)} objects")
 
 
 def _check_pmaps(uvm: Uvm, out: list[str]) -> None:

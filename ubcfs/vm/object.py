@@ -19,33 +19,19 @@ only names.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from ubcfs.vm.diag import SimpleLock, panic
 
 if TYPE_CHECKING:
     from ubcfs.vm.page import VmPage
+    from ubcfs.vm.pager import PagerOps
     from ubcfs.vm.uvm import Uvm
 
 LEAF_SHIFT: Final = 5
 LEAF_PAGES: Final = 1 << LEAF_SHIFT  # page slots per leaf: a tag fits a small int
 _LEAF_MASK: Final = LEAF_PAGES - 1
 _ALL_TAGS: Final = (1 << LEAF_PAGES) - 1
-
-
-class PagerOps(Protocol):
-    """The pager operations vector (kernel: struct uvm_pagerops after the 2001 rewrite:
-    pgo_get and pgo_put; reference/detach are the object's own refcount here).
-
-    Both return an errno: 0, EIO, EAGAIN, EBUSY or ERESTART.  An asynchronous request returns
-    0 once started, and its completion (aiodone) does all post-I/O work.
-    """
-
-    async def get(
-        self, uobj: UvmObject, offset: int, npages: int, access: int, flags: int
-    ) -> tuple[int, list[VmPage | None]]: ...
-
-    async def put(self, uobj: UvmObject, start: int, end: int, flags: int) -> int: ...
 
 
 class _Leaf:
@@ -288,13 +274,13 @@ class PageTree:
             for i in _bits(leaf.dirty):
                 if leaf.slots[i] is None:
                     off = ((key << LEAF_SHIFT) + i) << self._shift
-                    out.append(f"[12] {name}: dirty tag on {off:#x}, which is not resident")
+                    out.append(f"[dirty] {name}: dirty tag on {off:#x}, which is not resident")
             total += used
             tagged += bin(leaf.dirty).count("1")
         if total != self.count:
             out.append(f"[5] {name}: page tree counts {self.count} pages, holds {total}")
         if tagged != self.ndirty:
-            out.append(f"[12] {name}: page tree counts {self.ndirty} dirty tags, holds {tagged}")
+            out.append(f"[dirty] {name}: page tree counts {self.ndirty} dirty tags, holds {tagged}")
         if self._last is not None and self._leaves.get(self._lastkey) is not self._last:
             out.append(f"[5] {name}: page tree remembers leaf {self._lastkey}, not in the tree")
 

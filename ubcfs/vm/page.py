@@ -367,11 +367,19 @@ def _alloc_checks(uvm: Uvm, uobj: UvmObject | None, offset: int, anon: VmAnon | 
 
 def pagemarkdirty(pg: VmPage) -> None:
     """Clear PG_CLEAN and put the page in its object's dirty set (kernel, NetBSD 9 on:
-    uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)).  The page is owned by the caller."""
+    uvm_pagemarkdirty(pg, UVM_PAGE_STATUS_DIRTY)).  The page is owned by the caller.
+
+    A swap-backed page's slot no longer holds its data: the swap pager frees it (a clean
+    swap-backed page without a slot is illegal, and a dirty one with a slot would pin a
+    stale copy, invariants 12 and 13)."""
     pg.flags &= ~PG_CLEAN
     uobj = pg.uobject
     if uobj is not None:
         uobj.pages.set_dirty(pg.offset)
+        if pg.pqflags & PQ_SWAPBACKED:
+            swap = uobj.uvm.swap
+            if swap is not None:
+                swap.dirtied(pg)
 
 
 def pagefree(uvm: Uvm, pg: VmPage) -> None:

@@ -1,5 +1,11 @@
-"""Pager flags, I/O buffers and the asynchronous-completion machinery (~ uvm_pager.h,
-uvm_pager.c: uvm_aio_biodone, uvm_aio_aiodone; uvm_pdaemon.c: uvm_aiodone_daemon, uvm_wait).
+"""Pager protocols, flags, I/O buffers and the asynchronous-completion machinery
+(~ uvm_pager.h, uvm_pager.c: uvm_aio_biodone, uvm_aio_aiodone; uvm_pdaemon.c:
+uvm_aiodone_daemon, uvm_wait).
+
+The core names two pager protocols and implements neither: ``PagerOps`` (an object's
+pgo_get/pgo_put, implemented by genfs for vnodes and by ``pagers.aobj`` for anonymous
+objects) and ``SwapPager`` (what the pagedaemon and the reports ask of the swap pager,
+implemented by ``pagers.swap``).
 
 The async contract (seed, March 2001): a pager returns 0 to mean "the asynchronous I/O has
 been started", and the caller never does post-I/O work for it.  Here an asynchronous I/O is a
@@ -21,15 +27,94 @@ import enum
 import errno
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from ubcfs.vm.diag import panic
 
 if TYPE_CHECKING:
+    from ubcfs.vm.object import UvmObject
     from ubcfs.vm.page import VmPage
     from ubcfs.vm.uvm import Uvm
+
+
+class PagerOps(Protocol):
+    """The pager operations vector (kernel: struct uvm_pagerops after the 2001 rewrite:
+    pgo_get and pgo_put; reference/detach are the object's own refcount here).
+
+    Both return an errno: 0, EIO, EAGAIN, EBUSY or ERESTART.  An asynchronous request returns
+    0 once started, and its completion (aiodone) does all post-I/O work.
+    """
+
+    async def get(
+        self, uobj: UvmObject, offset: int, npages: int, access: int, flags: int
+    ) -> tuple[int, list[VmPage | None]]: ...
+
+    async def put(self, uobj: UvmObject, start: int, end: int, flags: int) -> int: ...
+
+
+# What ``SwapPager.pageout`` did with a page.
+SWAP_KEEP: Final = 0  # could not go to swap (no slot, swap full): the daemon reactivates it
+SWAP_FREED: Final = 1  # clean (its slot holds its data): freed at once
+SWAP_STARTED: Final = 2  # joined a swap-out cluster (PG_PAGEOUT, freed when written)
+
+
+class SwapPager(Protocol):
+    """What the core asks of the swap pager (kernel: uvm_swap.c as the pagedaemon and the
+    statistics use it).  Slots are page-sized and numbered from 1; 0 means "no slot"."""
+
+    @property
+    def nslots(self) -> int:
+        """Slots of the device (kernel: uvmexp.swpages)."""
+        ...
+
+    @property
+    def inuse(self) -> int:
+        """Slots allocated, bad ones included (kernel: uvmexp.swpginuse)."""
+        ...
+
+    @property
+    def nbad(self) -> int:
+        """Slots marked bad after an I/O error (kernel: swd_npgbad)."""
+        ...
+
+    def pageout(self, pg: VmPage) -> int:
+        """Reclaim an unbusy, unreferenced inactive swap-backed page: free it if clean, or
+        add it to the open swap-out cluster (starting the write when the cluster is full).
+        Returns SWAP_KEEP, SWAP_FREED or SWAP_STARTED.  => never sleeps."""
+        ...
+
+    def flush(self) -> None:
+        """Start the write of a partly filled cluster (end of an inactive scan)."""
+        ...
+
+    def full(self) -> bool:
+        """Does (nearly) every good slot hold the only copy of some page (kernel:
+        uvm_swapisfull)?  Then dirty swap-backed pages cannot be paged out."""
+        ...
+
+    def short(self) -> bool:
+        """Are all slots allocated while some belong to resident pages (the condition of
+        the active scan's swap-shortage recovery)?"""
+        ...
+
+    def drop_slot(self, pg: VmPage) -> bool:
+        """Release the slot of a resident, unbusy swap-backed page, clearing PG_CLEAN first
+        (PR 7578); False if it had none.  => never sleeps."""
+        ...
+
+    def free(self, slot: int, n: int = 1) -> None:
+        """Give back ``n`` slots from ``slot`` (bad ones stay allocated for ever)."""
+        ...
+
+    def dirtied(self, pg: VmPage) -> None:
+        """``pg`` (swap-backed) lost PG_CLEAN: its slot, if any, is stale and is freed."""
+        ...
+
+    def audit(self) -> list[str]:
+        """The slot accounting against every owner (invariants 12-14); the problems."""
+        ...
 
 
 class PGO(enum.Flag):

@@ -16,13 +16,18 @@ being woken by nearly every allocation below the target:
   "modified" (only when PG_CLEAN is set), frees a clean page at once, and writes a dirty one
   (clustered with dirty neighbours) asynchronously with PG_PAGEOUT set: the aiodone daemon
   frees it when the write completes, or withdraws PG_PAGEOUT and keeps it dirty if the write
-  failed.  Swap-backed pages go to the swap pager when one is attached; without swap they
-  cannot be reclaimed and are reactivated.
+  failed.  Pages are dispatched on PQ_SWAPBACKED, as NetBSD does: an anon's or an aobj's
+  page goes to the swap pager (``Uvm.swap``), which frees it if clean (its slot holds the
+  data) or adds it to a swap-out cluster; without swap, or without a free slot, it is
+  reactivated, and after ``NUMDIRTYREACTS`` such pages the scan ends.  A vnode page goes to
+  its object's pager; an objectless page is reactivated.
 * **active scan**: while the inactive queue is below its target share (``inactarg`` =
   a third of the active + inactive pages), deactivate pages from the head of the active queue,
   clearing their referenced bit first.  ``ClockPolicy(test_reference=True)`` instead gives
   active pages referenced since the last visit another round (the early-2001 behaviour the
-  seed describes); 1.39's behaviour (False) is the default.
+  seed describes); 1.39's behaviour (False) is the default.  When every swap slot is
+  allocated but some belong to resident pages, the active scan also frees those slots
+  (clearing PG_CLEAN first) until ``freetarg - free`` have gone: swap-shortage recovery.
 
 * **failing write-back** (``ubcfs.vm.wbfail``): a dirty page whose file's writes keep
   failing and whose retry time has not come is reactivated, not written (``wb_deferred``),
@@ -51,13 +56,13 @@ from ubcfs.vm.page import (
     PG_BUSY,
     PG_CLEAN,
     PQ_INACTIVE,
-    VmPage,
+    PQ_SWAPBACKED,
     is_dirty,
     pageactivate,
     pagedeactivate,
     pagefree,
 )
-from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON
+from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON, SWAP_FREED, SWAP_KEEP
 from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_modified, pmap_page_protect
 
 if TYPE_CHECKING:
@@ -69,18 +74,10 @@ log = logging.getLogger(__name__)
 # and waits for its file's write-back retry time: new clean pages (a reader's) may appear.
 HOLD_MAX: Final = 1.0
 
-
-class SwapOut(Protocol):
-    """What the daemon asks of the swap pager (implemented by ``pagers.swap``)."""
-
-    def pageout(self, pg: VmPage) -> bool:
-        """Start (or join to a cluster) the swap-out of an unreferenced swap-backed page;
-        return False when the page cannot go to swap (then it is reactivated)."""
-        ...
-
-    def flush(self) -> None:
-        """Start the write of a partly filled swap cluster."""
-        ...
+# Dirty swap-backed pages reactivated in one inactive scan because swap is full, after which
+# the scan ends (kernel: UVMPD_NUMDIRTYREACTS): without a bound a queue of such pages would
+# be cycled through again and again.
+NUMDIRTYREACTS: Final = 16
 
 
 class PagePolicy(Protocol):
@@ -111,6 +108,7 @@ class ClockPolicy:
         wbf = uvm.wbfail
         queue = uvm.inactive
         progress = 0
+        dirtyreacts = 0
         budget = 2 * queue.count + 16  # bound one pass, even if the queue is refilled
         pg = queue.head
         while pg is not None and budget > 0:
@@ -129,7 +127,23 @@ class ClockPolicy:
                 pg = nxt
                 continue
             uobj = pg.uobject
-            if uobj is not None and not uobj.is_aobj and uobj.pgops is not None:
+            if pg.pqflags & PQ_SWAPBACKED:
+                # An anon's or an aobj's page (kernel: the PQ_SWAPBACKED branch of
+                # uvmpd_scan_inactive): the swap pager frees it if clean, else clusters it;
+                # with no swap, or no slot for it, it stays (reactivated, a bounded number
+                # per scan).
+                outcome = SWAP_KEEP if uvm.swap is None else uvm.swap.pageout(pg)
+                if outcome == SWAP_KEEP:
+                    pageactivate(uvm, pg)
+                    exp.pdreanon += 1
+                    dirtyreacts += 1
+                    if dirtyreacts >= NUMDIRTYREACTS:
+                        break
+                else:
+                    progress += 1
+                    if outcome == SWAP_FREED:
+                        exp.pdfreed += 1
+            elif uobj is not None and uobj.pgops is not None:
                 # The daemon locks out of order, so it only tries (and skips on failure).
                 if not uobj.vmobjlock.try_enter():
                     pg = nxt
@@ -164,19 +178,13 @@ class ClockPolicy:
                 progress += max(0, exp.free + exp.paging - before)
                 if nxt is not None and not nxt.pqflags & PQ_INACTIVE:
                     nxt = queue.head  # the queue changed under us: start over
-            elif daemon.swap is not None and (pg.uanon is not None or uobj is not None):
-                if daemon.swap.pageout(pg):
-                    progress += 1
-                else:
-                    pageactivate(uvm, pg)
-                    exp.pdreanon += 1
             else:
-                # Swap-backed with no swap, or an objectless page: cannot be reclaimed.
+                # An objectless page: cannot be reclaimed.
                 pageactivate(uvm, pg)
                 exp.pdreanon += 1
             pg = nxt
-        if daemon.swap is not None:
-            daemon.swap.flush()
+        if uvm.swap is not None:
+            uvm.swap.flush()
         return progress
 
     def scan_active(self, daemon: Pagedaemon) -> int:
@@ -187,13 +195,28 @@ class ClockPolicy:
         stuck = uvm.wbfail.objects
         now = trio.current_time() if stuck else 0.0
         shortage = exp.inactarg - exp.inactive
+        # Swap-shortage recovery (kernel: swap_shortage in uvmpd_scan): every slot is
+        # allocated, but some hold copies of resident pages: free those slots (PG_CLEAN
+        # first) so that dirty swap-backed pages can be paged out.
+        swap = uvm.swap
+        swap_shortage = 0
+        if swap is not None and exp.free < exp.freetarg and swap.short():
+            swap_shortage = exp.freetarg - exp.free
         moved = 0
         budget = uvm.active.count
         pg = uvm.active.head
-        while pg is not None and shortage > 0 and budget > 0:
+        while pg is not None and (shortage > 0 or swap_shortage > 0) and budget > 0:
             budget -= 1
             nxt = pg.pqnext
             if pg.flags & PG_BUSY:
+                pg = nxt
+                continue
+            if swap_shortage > 0 and pg.pqflags & PQ_SWAPBACKED:
+                assert swap is not None
+                if swap.drop_slot(pg):
+                    exp.swap_shortage_drops += 1
+                    swap_shortage -= 1
+            if shortage <= 0:
                 pg = nxt
                 continue
             if stuck and pg.uobject in stuck and is_dirty(pg):
@@ -226,7 +249,6 @@ class Pagedaemon:
     def __init__(self, uvm: Uvm, policy: PagePolicy | None = None) -> None:
         self.uvm = uvm
         self.policy: PagePolicy = policy if policy is not None else ClockPolicy()
-        self.swap: SwapOut | None = None
         self._wake = trio.Event()
         self._woken = False  # _wake is set (a plain flag: the test runs on every kick)
         self._scanning = False

@@ -67,8 +67,8 @@ class Uvmexp:
     faults: int = 0
     pageins: int = 0  # pages read from backing store
     pageouts: int = 0  # pages written to backing store (any putpages)
-    swapins: int = 0
-    swapouts: int = 0
+    swapins: int = 0  # pages read from swap
+    swapouts: int = 0  # pages written to swap
     pdwoke: int = 0
     pdscans: int = 0
     pdreact: int = 0
@@ -121,6 +121,16 @@ class Uvmexp:
     wb_timeouts: int = 0  # allocations failed with the write-back error (--writeback-timeout)
     wb_log_suppressed: int = 0  # write-failure log lines left out (one per file per 10 s)
     pdholds: int = 0  # pagedaemon sleeps until a retry time (nothing else to reclaim)
+    # --- swap (pagers.swap; kernel: uvmexp.swpages .. swpgonly and the swap counters) ---
+    swpgonly: int = 0  # good slots holding the only copy of a page (no resident page)
+    swap_ins_io: int = 0  # swap read I/Os (a fault's page and its read-ahead)
+    swap_outs_io: int = 0  # swap-out cluster writes started
+    swap_write_errors: int = 0  # failed swap-out clusters (their pages stay dirty, resident)
+    swap_read_errors: int = 0  # failed swap-ins (the slot is marked bad, the fault fails)
+    swap_alloc_fail: int = 0  # pageouts that found no free slot
+    swap_shortage_drops: int = 0  # slots of resident pages freed by the active scan
+    cow_copies: int = 0  # pages copied to a new anon by amap_cow_now
+    aobj_nomem: int = 0  # aobj allocations failed with ENOSPC: no memory and no swap room
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -170,7 +180,7 @@ def snapshot(uvm: Uvm) -> dict[str, Any]:
             if name not in CONTRACT_COUNTERS and name not in _SIZES_AND_TARGETS
         },
         "targets": {name: data[name] for name in _TARGETS},
-        "swap": {"total": uvm.swap_total(), "used": uvm.swap_used()},
+        "swap": {"total": uvm.swap_total(), "used": uvm.swap_used(), "bad": uvm.swap_bad()},
         "writeback": {"waiting_pages": waiting} | uvm.wbfail.report(),
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,8 +21,9 @@ from ubcfs.vm.stat import Uvmexp
 from ubcfs.vm.wbfail import WbFailures
 
 if TYPE_CHECKING:
+    from ubcfs.vm.amap import VmAmap
     from ubcfs.vm.object import UvmObject
-    from ubcfs.vm.pager import Aio
+    from ubcfs.vm.pager import Aio, SwapPager
 
 DEFAULT_PAGE_SIZE = 4096
 
@@ -31,16 +32,6 @@ DEFAULT_PAGE_SIZE = 4096
 # construction, so that assigning it works on the compiled build too, where ``Uvm`` is a
 # native class whose methods cannot be replaced.
 machine_created: Callable[[Uvm], None] | None = None
-
-
-class SwapInfo(Protocol):
-    """What the core needs to know of the swap pager (implemented in ``pagers.swap``)."""
-
-    @property
-    def nslots(self) -> int: ...
-
-    @property
-    def inuse(self) -> int: ...
 
 
 class Uvm:
@@ -133,11 +124,12 @@ class Uvm:
         # compiled build, which take no weak references.
         self.pmaps: set[Pmap] = set()
         self.objects: set[UvmObject] = set()
+        self.amaps: set[VmAmap] = set()  # live amaps (amap_alloc / amap_wipeout), for audits
         self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)
         self.pmaps.add(self.kernel_pmap)
         self.page_waiters: dict[VmPage, trio.Event] = {}
         self.owner_tags: dict[VmPage, str] = {}
-        self.swap: SwapInfo | None = None
+        self.swap: SwapPager | None = None
         self._pdaemon_wakeup: Callable[[], None] | None = None
         self.pdaemon_running = False
         self.free_event = trio.Event()
@@ -226,6 +218,9 @@ class Uvm:
 
     def swap_used(self) -> int:
         return self.swap.inuse if self.swap is not None else 0
+
+    def swap_bad(self) -> int:
+        return self.swap.nbad if self.swap is not None else 0
 
     # --- helpers ------------------------------------------------------------------------
 

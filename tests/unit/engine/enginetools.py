@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from genfs.node import GenfsParams
-from pagers.backing_io import BackingIO, FaultInjector, PendingRead
+from pagers.backing_io import BackingIO, FaultInjector, IOKind, PendingRead
 from tests.vmtools import SMALL_PAGES
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
@@ -301,14 +301,16 @@ class GatedIO(BackingIO):
         self.read_gate = Gate(offset)
         return self.read_gate
 
-    async def readv(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+    async def readv(
+        self, fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.READ
+    ) -> tuple[int, int]:
         nbytes = sum(map(len, views))
         self.read_calls.append((offset, nbytes))
         gate = self.read_gate
         if gate is not None and gate.matches(offset, nbytes):
             self.read_gate = None
             views = await gate.hold(views, offset)
-        return await super().readv(fd, views, offset)
+        return await super().readv(fd, views, offset, kind)
 
     def start_readv(self, fd: int, views: list[memoryview], offset: int) -> PendingRead:
         nbytes = sum(map(len, views))
@@ -319,7 +321,9 @@ class GatedIO(BackingIO):
         self.read_gate = None
         return _GatedRead(self, gate, fd, views, offset)
 
-    async def writev(self, fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+    async def writev(
+        self, fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.WRITE
+    ) -> tuple[int, int]:
         nbytes = sum(map(len, views))
         self.write_calls.append((offset, nbytes))
         self.write_times.append(trio.current_time())
@@ -332,7 +336,7 @@ class GatedIO(BackingIO):
             self.writes_held += 1
             await stopped.wait()
             self.writes_held -= 1
-        return await super().writev(fd, views, offset)
+        return await super().writev(fd, views, offset, kind)
 
     async def fallocate(self, fd: int, mode: int, offset: int, length: int) -> int:
         self.fallocate_calls.append((mode, offset, length))

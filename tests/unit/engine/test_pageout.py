@@ -291,10 +291,12 @@ async def test_fsync_error_in_a_later_cluster(tmp_path: Path) -> None:
 
         original = io.writev
 
-        async def second_fails(fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+        async def second_fails(
+            fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.WRITE
+        ) -> tuple[int, int]:
             if offset == 4 * PAGE:  # the second cluster; armed and consumed with no yield
                 eng.injector.arm(IOKind.WRITE, errno.EIO, 1)
-            return await original(fd, views, offset)
+            return await original(fd, views, offset, kind)
 
         io.writev = second_fails  # type: ignore[method-assign]
         assert await eng.fsync(vp) == errno.EIO

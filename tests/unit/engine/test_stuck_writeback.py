@@ -55,10 +55,12 @@ def fail_on_a_retry_storm(eng: Engine, limit: int = 500) -> None:
     io = gated_io(eng)
     original = io.writev
 
-    async def writev(fd: int, views: list[memoryview], offset: int) -> tuple[int, int]:
+    async def writev(
+        fd: int, views: list[memoryview], offset: int, kind: IOKind = IOKind.WRITE
+    ) -> tuple[int, int]:
         if len(io.write_calls) >= limit:
             raise AssertionError(f"{limit} backing writes: failed write-back is not backed off")
-        return await original(fd, views, offset)
+        return await original(fd, views, offset, kind)
 
     io.writev = writev  # type: ignore[method-assign]
 

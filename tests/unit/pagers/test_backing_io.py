@@ -1088,6 +1088,8 @@ async def test_kinds_are_independent(
             IOKind.WRITE: (await bio.writev(fd, views, 0))[0],
             IOKind.FSYNC: await bio.fsync(fd),
             IOKind.FALLOCATE: await bio.fallocate(fd, KEEP_SIZE, 0, PAGE),
+            IOKind.SWAP_READ: (await bio.readv(fd, views, 0, IOKind.SWAP_READ))[0],
+            IOKind.SWAP_WRITE: (await bio.writev(fd, views, 0, IOKind.SWAP_WRITE))[0],
         }
         assert failed == {k: errno.EIO if k is kind else 0 for k in IOKind}
 
@@ -1146,10 +1148,13 @@ def test_iokind_names() -> None:
         "backing-write",
         "backing-fsync",
         "backing-fallocate",
+        "swap-read",
+        "swap-write",
     ]
     assert IOKind.parse("backing-write") is IOKind.WRITE
-    with pytest.raises(ValueError, match=r"unknown backing I/O kind 'swap-write' \(expected "):
-        IOKind.parse("swap-write")
+    assert IOKind.parse("swap-write") is IOKind.SWAP_WRITE
+    with pytest.raises(ValueError, match=r"unknown backing I/O kind 'swap-writ' \(expected "):
+        IOKind.parse("swap-writ")
 
 
 @pytest.mark.parametrize(

@@ -469,14 +469,14 @@ def _clean_unmapped(obj: UvmObject) -> VmPage:
 def test_rule12_cleared_pg_clean_without_the_dirty_set(busy_machine: Uvm, obj: UvmObject) -> None:
     pg = _clean_unmapped(obj)
     pg.flags &= ~PG_CLEAN
-    caught(busy_machine, "12", "not in the dirty set")
+    caught(busy_machine, "dirty", "not tagged dirty")
     pagemarkdirty(pg)  # the right way
     assert audit.audit(busy_machine) == []
 
 
 def test_rule12_modified_bit_without_the_dirty_set(busy_machine: Uvm, obj: UvmObject) -> None:
     _clean_unmapped(obj).mdattrs |= MD_MODIFIED
-    caught(busy_machine, "12", "not in the dirty set")
+    caught(busy_machine, "dirty", "not tagged dirty")
 
 
 def test_rule12_writable_mapping_dropped_from_the_dirty_set(
@@ -488,7 +488,7 @@ def test_rule12_writable_mapping_dropped_from_the_dirty_set(
     pmap_clear_modify(mapped[0])
     mapped[0].flags |= PG_CLEAN
     obj.pages.clear_dirty(mapped[0].offset)  # a store through the mapping would be missed
-    caught(busy_machine, "12", "not in the dirty set")
+    caught(busy_machine, "dirty", "not tagged dirty")
 
 
 def test_rule12_dirty_set_names_a_missing_page(busy_machine: Uvm, obj: UvmObject) -> None:
@@ -497,7 +497,7 @@ def test_rule12_dirty_set_names_a_missing_page(busy_machine: Uvm, obj: UvmObject
     hole = next(off for off in range(0, LEAF_PAGES * ps, ps) if off not in obj.pages)
     obj.pages._leaves[0].dirty |= 1 << (hole // ps)
     obj.pages.ndirty += 1
-    caught(busy_machine, "12", "not resident")
+    caught(busy_machine, "dirty", "not resident")
 
 
 # --- the after-test check in conftest ---------------------------------------------------

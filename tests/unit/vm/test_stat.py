@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
+from pagers.backing_io import BackingIO
+from pagers.swap import Swap
 from tests.design_contract import DESIGN_COUNTERS, DESIGN_PAGES
 from tests.vmtools import alloc_anon, settle
 from ubcfs.vm.page import PG_CLEAN, PGA_ZERO, VmPage, pagedeactivate, pagewire
@@ -39,7 +42,7 @@ def test_snapshot_of_a_fresh_machine(uvm: Uvm) -> None:
         "anon": 0,
     }
     assert all(snap["counters"][k] == 0 for k in DESIGN_COUNTERS)
-    assert snap["swap"] == {"total": 0, "used": 0}
+    assert snap["swap"] == {"total": 0, "used": 0, "bad": 0}
 
 
 def test_snapshot_follows_the_machine(uvm: Uvm, new_page: NewPage, pmaps: list[Pmap]) -> None:
@@ -63,15 +66,22 @@ def test_snapshot_follows_the_machine(uvm: Uvm, new_page: NewPage, pmaps: list[P
     assert snap["counters"]["pmap_enter"] == 1
 
 
-class _Swap:
-    nslots = 128
-    inuse = 7
-
-
-def test_snapshot_reports_swap(uvm: Uvm) -> None:
-    uvm.swap = _Swap()
-    assert snapshot(uvm)["swap"] == {"total": 128, "used": 7}
-    assert (uvm.swap_total(), uvm.swap_used()) == (128, 7)
+def test_snapshot_reports_swap(uvm: Uvm, tmp_path: Path) -> None:
+    io = BackingIO()
+    swap = Swap(uvm, str(tmp_path / "swap"), 128 * uvm.page_size, io)
+    swap.attach()
+    try:
+        assert swap.alloc(7, lessok=False) == (1, 7)
+        swap.markbad(3)
+        assert snapshot(uvm)["swap"] == {"total": 128, "used": 7, "bad": 1}
+        assert (uvm.swap_total(), uvm.swap_used(), uvm.swap_bad()) == (128, 7, 1)
+        swap.free(1, 7)
+        swap.bad.clear()
+        swap.free(3)
+    finally:
+        swap.close()
+        io.close()
+    assert snapshot(uvm)["swap"] == {"total": 0, "used": 0, "bad": 0}
 
 
 def test_uvmexp_as_dict_names_every_counter() -> None:

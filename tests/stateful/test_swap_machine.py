@@ -1,0 +1,140 @@
+"""Anonymous objects and the swap pager against a plain model: a hypothesis state machine
+that writes, reads, truncates and evicts two aobjs holding four times the memory of a
+64-frame machine with swap, and injects swap-write failures (EIO: slots go bad; ENOMEM:
+transient); every read is compared with a bytearray per object, and the DIAGNOSTIC checker
+(invariants 12-14 of the swap pager included) runs after every step.  At the end every slot
+but the bad ones is free again."""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from pagers.aobj import Aobj
+from pagers.backing_io import IOKind
+from tests.stateful.loopthread import LoopThread
+from tests.unit.engine.enginetools import pattern
+from tests.unit.pagers.swaptools import PAGE, Rig, evict, rig
+from ubcfs.vm import audit
+
+NOBJ = 2
+MAX_PAGES = 128  # per object: the two hold four times the machine's 64 frames
+SIZE = MAX_PAGES * PAGE
+
+
+offsets = st.one_of(
+    st.integers(0, SIZE - 1),
+    st.integers(0, MAX_PAGES - 1).map(lambda p: p * PAGE),
+)
+lengths = st.one_of(
+    st.integers(1, 300),
+    st.integers(1, 8).map(lambda n: n * PAGE),
+    st.integers(1, 48 * PAGE),
+)
+objs = st.integers(0, NOBJ - 1)
+
+
+class SwapMachine(RuleBasedStateMachine):
+    """Random operations on two aobjs of a 64-frame machine with 512 slots of swap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="ubcfs-swap-machine-"))
+        self.models = [bytearray(SIZE) for _ in range(NOBJ)]
+        self._rig: Rig | None = None
+        self.objs: list[Aobj] = []
+        self.loop = LoopThread(self._running)
+
+    @property
+    def rig(self) -> Rig:
+        assert self._rig is not None
+        return self._rig
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        async with rig(self.dir, pages=64, swap_pages=512, cluster=16, nwins=4) as r:
+            self._rig = r
+            self.objs = [r.aobj(f"a{i}") for i in range(NOBJ)]
+            try:
+                yield
+            finally:
+                with trio.CancelScope(shield=True):
+                    r.io.injector.arm(IOKind.SWAP_WRITE, errno.EIO, 0)
+                    await r.aio.drain()
+                    for obj in self.objs:
+                        await obj.destroy()
+
+    def teardown(self) -> None:
+        try:
+            self.loop.close()
+            assert self.rig.swap.inuse == len(self.rig.swap.bad), "slots left after destroy"
+            assert self.rig.uvm.uvmexp.swpgonly == 0
+            assert audit.audit(self.rig.uvm) == []
+        finally:
+            self.dir.rmdir()  # the rig removed its swap file
+
+    async def _truncate(self, k: int, size: int) -> None:
+        """Cut object ``k`` to ``size`` bytes: the partial last page's tail zeroed, every
+        page and slot past it freed (what tmpfs's setsize does)."""
+        r = self.rig
+        tail = -size % PAGE
+        if tail:
+            assert await r.write(self.objs[k], size, bytes(tail)) == 0
+        r.ubc.purge(self.objs[k].uobj)
+        await self.objs[k].free_range(size + tail, 1 << 62)
+
+    @rule(k=objs, offset=offsets, length=lengths, seed=st.integers(0, 2**16))
+    def write(self, k: int, offset: int, length: int, seed: int) -> None:
+        length = min(length, SIZE - offset)
+        data = pattern(seed, length)
+        assert self.loop.run(self.rig.write, self.objs[k], offset, data) == 0
+        self.models[k][offset : offset + length] = data
+
+    @rule(k=objs, offset=offsets, length=lengths)
+    def read(self, k: int, offset: int, length: int) -> None:
+        length = min(length, SIZE - offset)
+        err, got = self.loop.run(self.rig.read, self.objs[k], offset, length)
+        assert err == 0
+        assert got == bytes(self.models[k][offset : offset + length])
+
+    @rule(k=objs)
+    def read_whole(self, k: int) -> None:
+        err, got = self.loop.run(self.rig.read, self.objs[k], 0, SIZE)
+        assert err == 0
+        assert got == bytes(self.models[k])
+
+    @rule(k=objs, size=st.integers(0, SIZE))
+    def truncate(self, k: int, size: int) -> None:
+        self.loop.run(self._truncate, k, size)
+        self.models[k][size:] = bytes(SIZE - size)
+
+    @rule()
+    def evict(self) -> None:
+        self.loop.run(evict, self.rig)
+
+    @rule(err=st.sampled_from([errno.EIO, errno.ENOMEM]), count=st.integers(1, 3))
+    def fail_swap_writes(self, err: int, count: int) -> None:
+        self.loop.run_sync(self.rig.io.injector.arm, IOKind.SWAP_WRITE, err, count)
+
+    @invariant()
+    def sound(self) -> None:
+        bad = self.loop.run_sync(self.rig.problems)
+        assert bad == [], "\n".join(bad)
+
+
+TestSwapMachine = SwapMachine.TestCase
+_profile = settings()
+TestSwapMachine.settings = settings(
+    _profile,
+    max_examples=max(10, _profile.max_examples // 3),
+    stateful_step_count=min(30, _profile.stateful_step_count),
+    deadline=None,
+)
