@@ -106,3 +106,13 @@ def test_engine_page_cpu_targets() -> None:
     checks = mod.page_cpu_checks([write, cold, warm])
     assert [(c["target"], c["verdict"]) for c in checks] == [(3.0, "PASS"), (2.0, "MISS")]
     assert abs(checks[0]["us_per_page"] - 2.0) < 1e-9
+
+
+def test_swap_io_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mod = _load("swap_io")
+    assert mod.main(["--quick", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("1x", "8x"))]
+    assert len(rows) == 2
+    assert all("pages per read" in r for r in rows)
+    assert list(tmp_path.iterdir()) == []  # the swap file and its directory are gone
