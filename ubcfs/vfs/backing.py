@@ -56,6 +56,8 @@ from typing import Final
 
 from cachetools import LRUCache
 
+from ubcfs.vfs.namespace import NodeUse
+
 log = logging.getLogger(__name__)
 
 ROOT_INO: Final = 1
@@ -211,7 +213,7 @@ def _close(fd: int) -> None:
         log.debug("closing fd %d failed", fd)
 
 
-class Inode:
+class Inode(NodeUse):
     """One inode known to the kernel (its FUSE node).
 
     Attributes:
@@ -253,25 +255,6 @@ class Inode:
         self.nlookup = 0
         self.opens = 0
         self.inflight = 0
-
-    @property
-    def in_use(self) -> bool:
-        """Known to the kernel, open, or held by a request in flight."""
-        return self.nlookup > 0 or self.opens > 0 or self.inflight > 0
-
-    @property
-    def label(self) -> str:
-        """``name (ino N)``, for messages and vnode names."""
-        return f"{os.fsdecode(self.name)} (ino {self.ino})"
-
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    def is_lnk(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
 
 class BackingNamespace:
