@@ -57,8 +57,9 @@ class GenfsNode:
 
     Attributes:
         uvm: the machine.
-        uobj: the file's object (its page cache).
-        fd: a data file descriptor of the backing file (read/write).
+        uobj: the file's object (its page cache): its own, whose pager is this node, or
+            the one a file system passed in (an aobj's, for tmpfs).
+        fd: a data file descriptor of the backing file (read/write); -1 without one.
         size: the file size readers see (v_size).
         writesize: end of the data pages may hold (v_writesize), >= size.
         io: the backing I/O edge.
@@ -80,9 +81,12 @@ class GenfsNode:
         size: int,
         io: BackingIO,
         params: GenfsParams | None = None,
+        uobj: UvmObject | None = None,
     ) -> None:
         self.uvm = uvm
-        self.uobj = UvmObject(uvm, name, pgops=self)
+        # A file system whose data lives elsewhere (tmpfs: in an aobj) passes that object;
+        # its own pager then serves the windows' faults, and genfs never sees them.
+        self.uobj = uobj if uobj is not None else UvmObject(uvm, name, pgops=self)
         self.fd = fd
         self.size = size
         self.writesize = size

@@ -160,6 +160,14 @@ class Aobj:
             err, found = await findpages(uvm, uobj, offset, npages, 0, "uao_get")
             if err != errno.ENOMEM:
                 break
+            if npages > 1:
+                # Memory is short: take fewer pages (the first at least; the caller's next
+                # window use gets the rest) rather than wait for a long run.  A tmpfs near
+                # full has only a few pages' worth of free slots to page out to: a wait
+                # for a whole window's pages would never end.
+                exp = uvm.uvmexp
+                npages = max(1, min(npages // 2, exp.free - exp.reserve_kernel - 1))
+                continue
             now = trio.current_time()
             if waiting is None:
                 waiting = now
@@ -378,6 +386,22 @@ class Aobj:
         self.drop_resident_swslot(pg.offset >> uvm.page_shift)
         pmap_page_protect(uvm, pg, 0)  # wired mappings too (truncation of wired pages)
         pagefree(uvm, pg)
+
+    def discard_now(self) -> bool:
+        """Free everything and retire the object at once, when no page is busy (nothing to
+        wait for: the common case of a removed tmpfs file, kernel: tmpfs_free_node ->
+        uao_detach in the thread that removed it); False, with nothing done, otherwise.
+        => never sleeps.  => the object is mapped in no UBC window."""
+        if any(pg.flags & PG_BUSY for pg in self.uobj.pages_in_range(0, _ALL)):
+            return False
+        for pg in list(self.uobj.pages_in_range(0, _ALL)):
+            self._free_page(pg)
+        for idx in list(self.swslots):
+            self.dropswap(idx)
+        obj_destroy(self.uobj)
+        if self.swap is not None:
+            self.swap.aobjs.discard(self)
+        return True
 
     async def destroy(self) -> None:
         """Free everything and retire the object (kernel: uao_detach of the last

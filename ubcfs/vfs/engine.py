@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from genfs.node import GenfsParams
+from pagers.aobj import Aobj
 from pagers.backing_io import BackingIO, FaultInjector
+from pagers.swap import Swap
 from ubcfs.vfs import vnops
 from ubcfs.vfs.backing import vnode_fd_budget
 from ubcfs.vfs.vcache import VS, Key, Vcache, default_maxvnodes
@@ -103,6 +105,13 @@ class Engine:
         maxvnodes: vnode cache size (default: from memory and the descriptor limit).
         writeback_timeout: seconds an allocation may wait for memory while write-back keeps
             failing, before it fails with the backing store's errno (``ubcfs.vm.wbfail``).
+        swap_size: bytes of swap for anonymous memory (0: none; a multiple of the page
+            size).
+        swap_file: the swap file (created sparse, cut to ``swap_size``); required with
+            swap.  It is removed when the engine stops unless ``keep_swap_file``.
+
+    Raises:
+        ValueError: a bad size.  OSError: the swap file cannot be created.
     """
 
     def __init__(
@@ -118,6 +127,9 @@ class Engine:
         populate: bool = False,
         maxvnodes: int | None = None,
         writeback_timeout: float = DEFAULT_TIMEOUT,
+        swap_size: int = 0,
+        swap_file: str | None = None,
+        keep_swap_file: bool = False,
     ) -> None:
         if not 0 < writeback_timeout < math.inf:
             raise ValueError(f"writeback_timeout {writeback_timeout!r} is not a positive time")
@@ -135,6 +147,12 @@ class Engine:
         self.ubc = Ubc(self.uvm, nwins=nwins, winsize=winsize)
         self.injector = FaultInjector()
         self.io = BackingIO(self.injector, max_io_threads, nowait=nowait)
+        self.swap: Swap | None = None
+        if swap_size:
+            if swap_file is None:
+                raise ValueError("swap needs a swap file")
+            self.swap = Swap(self.uvm, swap_file, swap_size, self.io, remove=not keep_swap_file)
+            self.swap.attach()
         self.pdaemon = Pagedaemon(self.uvm, ClockPolicy(test_reference=test_reference))
         self.aio = Aio(self.uvm)
         if maxvnodes is None:
@@ -174,6 +192,8 @@ class Engine:
                         log.error("shutdown: write-back failed: %s", errname(err))
                     nursery.cancel_scope.cancel()
         self.uvm.aio = None
+        if self.swap is not None:
+            self.swap.close()  # nothing anonymous outlives the engine
 
     async def shutdown(self) -> int:
         """Write back every dirty page of every vnode and wait for all I/O; return the first
@@ -247,7 +267,28 @@ class Engine:
             (st.st_dev, st.st_ino),
             st.st_mtime_ns,
             self.vcache.visible_ctime((st.st_dev, st.st_ino), st.st_ctime_ns),
+            vnops.GENFS_VOPS,
         )
+
+    def new_anon_vnode(self, name: str, key: Key, mtime_ns: int, ctime_ns: int) -> Vnode:
+        """An empty vnode whose data is a new aobj (a tmpfs file's), paged to the engine's
+        swap if it has one.  Not in the vnode cache: its owner keeps it.  => never sleeps."""
+        aobj = Aobj(self.uvm, name, self.swap)
+        vp = Vnode(
+            self.uvm,
+            name,
+            -1,
+            0,
+            self.io,
+            self.params,
+            key,
+            mtime_ns,
+            ctime_ns,
+            vnops.AOBJ_VOPS,
+            aobj.uobj,
+        )
+        vp.set_state(VS.LOADED)
+        return vp
 
     async def vget(self, key: Key, load: Callable[[], Vnode]) -> Vnode:
         """The vnode of ``key`` with one more use (see ``Vcache.vget``)."""
@@ -290,7 +331,7 @@ class Engine:
         return await vnops.vop_fsync(vp)
 
     async def fallocate(self, vp: Vnode, mode: int, offset: int, length: int) -> int:
-        return await vnops.vop_fallocate(vp, mode, offset, length)
+        return await vnops.vop_fallocate(self.ubc, vp, mode, offset, length)
 
 
 @contextmanager

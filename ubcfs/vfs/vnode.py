@@ -5,6 +5,14 @@ per-vnode data in NetBSD; here it is the base class) plus what the vfs layer nee
 vnode lock, a use count, its state in the vnode cache (``ubcfs.vfs.vcache``, which owns the
 life cycle) and the times the engine reports.
 
+Each vnode carries its file system's operations vector (``vops``, a ``VnodeOps``: kernel:
+v_op), the half of each operation that depends on where the data lives: a backing file
+(``vnops.GENFS_VOPS``, ffs over genfs) or an anonymous object (``vnops.AOBJ_VOPS``, tmpfs:
+the vnode's ``uobj`` is the aobj's, whose pager serves the windows' faults).  The generic
+half -- locking, the UBC copy, the fast path, freeing pages past a new EOF -- is
+``ubcfs.vfs.vnops``, the same for both.  VOP_GETPAGES is the object's own pager
+(``uobj.pgops.get``), as in NetBSD where genfs_getpages and tmpfs_getpages both end there.
+
 The vnode lock is a readers-writer lock, as NetBSD's vnode lock is used by ffs_read
 (shared) and ffs_write/truncate/fsync (exclusive).  It serialises the engine's own
 operations on one file; pages are still protected by PG_BUSY, which is what the pagedaemon
@@ -14,7 +22,7 @@ and the I/O completions respect (they never take the vnode lock).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -24,7 +32,42 @@ from ubcfs.vfs.vcache import VS
 if TYPE_CHECKING:
     from genfs.node import GenfsParams
     from pagers.backing_io import BackingIO
+    from ubcfs.vm.object import UvmObject
+    from ubcfs.vm.ubc import Ubc
     from ubcfs.vm.uvm import Uvm
+
+
+class VnodeOps(Protocol):
+    """A file system's vnode operations (kernel: the vnodeops vector), for the parts that
+    depend on where a file's data lives.  Each returns an errno (0: done).
+
+    * ``putpages`` (VOP_PUTPAGES): clean and/or free pages of [start, end) (end 0: to the
+      end of the object), with the PGO_* flags of ``ubcfs.vm.pager``.
+    * ``stored``: see below.
+    * ``truncate``: the store follows a size change, after the pages past the new EOF are
+      gone (ffs: the backing file's ftruncate; tmpfs: nothing, the object is the store).
+    * ``allocate``: fallocate's store half for modes that keep the data (0, KEEP_SIZE).
+    * ``clear``: fallocate's punch and zero-range, pages and store together.
+    * ``fsync`` (VOP_FSYNC): make the file durable (tmpfs: nothing to do).
+
+    => ``truncate``, ``allocate``, ``clear`` and ``fsync`` are called with the vnode lock
+       held exclusive; all may sleep.
+    """
+
+    async def putpages(self, vp: Vnode, start: int, end: int, flags: int) -> int: ...
+
+    def stored(self, vp: Vnode, offset: int) -> bool:
+        """Does the store keep data of the non-resident page at ``offset`` that a
+        truncation into that page must zero (a tmpfs page that is only in swap)?"""
+        ...
+
+    async def truncate(self, vp: Vnode, size: int) -> int: ...
+
+    async def allocate(self, vp: Vnode, mode: int, offset: int, length: int) -> int: ...
+
+    async def clear(self, ubc: Ubc, vp: Vnode, mode: int, offset: int, length: int) -> int: ...
+
+    async def fsync(self, vp: Vnode) -> int: ...
 
 
 class VnodeLock:
@@ -95,7 +138,9 @@ class Vnode(GenfsNode):
     """A file known to the engine (kernel: struct vnode).
 
     Attributes:
-        key: the backing file's (st_dev, st_ino): one vnode, one cache, per backing inode.
+        key: the file's identity: a backing file's (st_dev, st_ino) (one vnode, one cache,
+            per backing inode), a tmpfs node's (TMPFS_DEV, ino).
+        vops: the file system's operations vector.
         lock: the vnode lock.
         usecount: open handles and operations in flight (kernel: v_usecount).
         vstate: its state in the vnode cache (kernel: v_state); ``state_changed()`` is set
@@ -122,9 +167,12 @@ class Vnode(GenfsNode):
         key: tuple[int, int],
         mtime_ns: int,
         ctime_ns: int,
+        vops: VnodeOps,
+        uobj: UvmObject | None = None,
     ) -> None:
-        super().__init__(uvm, name, fd, size, io, params)
+        super().__init__(uvm, name, fd, size, io, params, uobj)
         self.key = key
+        self.vops = vops
         self.lock = VnodeLock()
         self.usecount = 0
         self.vstate = VS.LOADING

@@ -12,6 +12,11 @@ slow path (the window fault reads or zero-fills them).  The new size is publishe
 the copy, so readers never see pages being filled.  If the copy fails, the file is truncated
 back to its old size, which frees the new pages.
 
+The file-system half of each operation is the vnode's operations vector (``vp.vops``,
+``ubcfs.vfs.vnode.VnodeOps``): ``GENFS_VOPS`` for a file of the backing directory (genfs
+putpages, the backing file's ftruncate, fallocate and fsync), ``AOBJ_VOPS`` for a tmpfs file
+whose data is an aobj (uao_put; no store to truncate or flush: tmpfs_fsync does nothing).
+
 fallocate allocates on the backing file (the size following the engine's, as ext4's
 would), or punches or zeroes a range: the resident pages of the range are held busy across
 the backing file's punch, so that no write-back -- the pagedaemon's included -- can put their
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from genfs.io import putpages
+from pagers.aobj import Aobj
 from ubcfs.vfs.backing import futimens_empty
 from ubcfs.vm.page import (
     PG_BUSY,
@@ -182,7 +188,7 @@ async def vop_write(
         if wb and end // wb != offset // wb:
             # Write-behind: start cleaning the chunk just finished (async).
             lo = (end // wb - 1) * wb
-            await putpages(vp, lo, lo + wb, PGO_CLEANIT)
+            await vp.vops.putpages(vp, lo, lo + wb, PGO_CLEANIT)
     return 0, n
 
 
@@ -205,8 +211,9 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     oldsize = vp.size
     vp.touch()
     vp.unsynced = True
+    vops = vp.vops
     if newsize >= oldsize and newsize >= vp.writesize:
-        err = await _ftruncate(vp.fd, newsize)
+        err = await vops.truncate(vp, newsize)
         if err:
             return err
         vp.size = vp.writesize = newsize
@@ -214,9 +221,9 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     vp.size = vp.writesize = newsize
     vp.uobj.generation += 1
     cut = -(-newsize // ps) * ps
-    await putpages(vp, cut, 0, PGO_FREE)
+    await vops.putpages(vp, cut, 0, PGO_FREE)
     tail = newsize % ps
-    if tail and (newsize - tail) in vp.uobj.pages:
+    if tail and ((newsize - tail) in vp.uobj.pages or vops.stored(vp, newsize - tail)):
         # uvm_vnp_zerorange: zero the rest of the last page through UBC.
         zeroes = bytes(ps - tail)
         err = await ubc.ubc_write(vp.uobj, newsize, Uio(memoryview(zeroes)), len(zeroes), 0)
@@ -225,14 +232,15 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     # A write in flight could land after the ftruncate and grow the file again.
     await vp.wait_output()
     uvm.pages_freed()
-    return await _ftruncate(vp.fd, newsize)
+    return await vops.truncate(vp, newsize)
 
 
-async def vop_fallocate(vp: Vnode, mode: int, offset: int, length: int) -> int:
+async def vop_fallocate(ubc: Ubc, vp: Vnode, mode: int, offset: int, length: int) -> int:
     """Allocate, punch or zero ``length`` bytes of a file at ``offset`` (kernel: Linux
     fallocate(2), with ext4's semantics).
 
     Args:
+        ubc: the window pool (a tmpfs file's partial pages are zeroed through it).
         vp: the file.
         mode: 0 or FALLOC_FL_KEEP_SIZE: allocate the range on the backing file, data
             unchanged; FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: deallocate it, it reads
@@ -259,9 +267,9 @@ async def vop_fallocate(vp: Vnode, mode: int, offset: int, length: int) -> int:
     exp = vp.uvm.uvmexp
     async with vp.lock.exclusive:
         if mode & _FALLOC_CLEARS:
-            err = await _clear_range(vp, mode, offset, length)
+            err = await vp.vops.clear(ubc, vp, mode, offset, length)
         else:
-            err = await vp.io.fallocate(vp.fd, mode, offset, length)
+            err = await vp.vops.allocate(vp, mode, offset, length)
         if err:
             exp.falloc_failed += 1
             return err
@@ -395,6 +403,11 @@ def dirty_pages(vp: Vnode) -> int:
 
 
 async def vop_fsync(vp: Vnode) -> int:
+    """Make ``vp`` durable (kernel: VOP_FSYNC): its file system's ``fsync``."""
+    return await vp.vops.fsync(vp)
+
+
+async def _genfs_fsync(vp: Vnode) -> int:
     """Write every dirty page of ``vp`` and flush the backing file (kernel: ffs_fsync).
 
     Loops until nothing is dirty, because a page re-dirtied during its own write is written
@@ -432,7 +445,7 @@ async def _write_back_locked(vp: Vnode, stale_ok: bool = False) -> int:
     => the vnode lock is held exclusively."""
     err = 0
     for _ in range(FSYNC_PASSES):
-        e = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
+        e = await vp.vops.putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_SYNCIO)
         dirty = dirty_pages(vp)
         if e and not (stale_ok and not dirty and not vp.numoutput):
             err = err or e
@@ -476,12 +489,13 @@ async def _fix_backing_size(vp: Vnode) -> int:
 
 
 async def vop_discard(ubc: Ubc, vp: Vnode) -> None:
-    """Free every page of ``vp`` without writing it, and forget its windows: the backing
-    file is gone (unlinked and no longer in use), so nobody can read the data again."""
+    """Free every page of ``vp`` (and, for a tmpfs file, every swap slot) without writing
+    it, and forget its windows: the file is gone (unlinked and no longer in use), so
+    nobody can read the data again."""
     async with vp.lock.exclusive:
         vp.size = vp.writesize = 0
         vp.uobj.generation += 1
-        await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_FREE)
+        await vp.vops.putpages(vp, 0, 0, PGO_ALLPAGES | PGO_FREE)
         await vp.wait_output()
         ubc.purge(vp.uobj)
         vp.uvm.pages_freed()
@@ -495,7 +509,9 @@ async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
         # them; if that write fails the page comes back dirty, so go round again until the
         # object is empty -- a page left behind would outlive its vnode and its fd.
         for _ in range(FSYNC_PASSES):
-            err = await putpages(vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_FREE | PGO_SYNCIO)
+            err = await vp.vops.putpages(
+                vp, 0, 0, PGO_ALLPAGES | PGO_CLEANIT | PGO_FREE | PGO_SYNCIO
+            )
             if not vp.uobj.pages:
                 break  # everything written and freed: an older, retried failure is moot
             if err:
@@ -507,3 +523,96 @@ async def vop_reclaim(ubc: Ubc, vp: Vnode) -> int:
         vp.uvm.pages_freed()
         _restore_mtime(vp)
         return 0
+
+
+# --- the operations vectors ------------------------------------------------------------
+
+
+class GenfsVops:
+    """The vnode operations of a file of the backing directory (kernel: ffs's vector over
+    genfs): pages go to and from the backing file through its data descriptor."""
+
+    async def putpages(self, vp: Vnode, start: int, end: int, flags: int) -> int:
+        return await putpages(vp, start, end, flags)
+
+    def stored(self, vp: Vnode, offset: int) -> bool:
+        """The backing file's ftruncate cuts a non-resident last page itself."""
+        return False
+
+    async def truncate(self, vp: Vnode, size: int) -> int:
+        return await _ftruncate(vp.fd, size)
+
+    async def allocate(self, vp: Vnode, mode: int, offset: int, length: int) -> int:
+        return await vp.io.fallocate(vp.fd, mode, offset, length)
+
+    async def clear(self, ubc: Ubc, vp: Vnode, mode: int, offset: int, length: int) -> int:
+        return await _clear_range(vp, mode, offset, length)
+
+    async def fsync(self, vp: Vnode) -> int:
+        return await _genfs_fsync(vp)
+
+
+class AobjVops:
+    """The vnode operations of a tmpfs file, whose data is an aobj (kernel: tmpfs_vnops.c:
+    tmpfs_putpages forwards to uao_put; tmpfs_fsync does nothing).  There is no store
+    besides the object: a size change is the freeing of pages and slots past EOF, which
+    ``putpages`` does, and nothing is ever written back except by the pagedaemon to swap.
+    """
+
+    async def putpages(self, vp: Vnode, start: int, end: int, flags: int) -> int:
+        return await _aobj(vp).put(vp.uobj, start, end, flags)
+
+    def stored(self, vp: Vnode, offset: int) -> bool:
+        """A last page that is only in swap still holds the bytes past the new EOF: the
+        truncation zeroes them (swapping the page in), or an extension would show them."""
+        return _aobj(vp).find_swslot(offset >> vp.uvm.page_shift) != 0
+
+    async def truncate(self, vp: Vnode, size: int) -> int:
+        return 0
+
+    async def allocate(self, vp: Vnode, mode: int, offset: int, length: int) -> int:
+        # Memory is not reserved ahead (NetBSD's tmpfs has no fallocate at all): the pages
+        # come at the first write, and a write that finds no memory and no swap gets ENOSPC.
+        return 0
+
+    async def clear(self, ubc: Ubc, vp: Vnode, mode: int, offset: int, length: int) -> int:
+        """Punch or zero [offset, offset + length): free the whole pages (and slots) inside
+        the file, zero the covered parts of the partial pages at the ends through the UBC
+        (which faults a swapped-out one in and drops its slot: it is dirty now)."""
+        ps = vp.uvm.page_size
+        end = min(offset + length, vp.size)
+        if offset >= end:
+            return 0  # past EOF: reads zeroes already
+        lo = -(-offset // ps) * ps
+        # The last page's bytes past EOF are zeroes: a range reaching EOF frees that page.
+        hi = end // ps * ps if end < vp.size else -(-end // ps) * ps
+        exp = vp.uvm.uvmexp
+        edges = [(offset, end)]
+        if lo < hi:
+            before = vp.uobj.npages
+            await self.putpages(vp, lo, hi, PGO_FREE)
+            exp.punched_pages += max(0, before - vp.uobj.npages)
+            vp.uvm.pages_freed()
+            edges = [(offset, lo), (hi, end)]
+        for a, b in edges:
+            if a < b:
+                zeroes = bytes(b - a)
+                err = await ubc.ubc_write(vp.uobj, a, Uio(memoryview(zeroes)), b - a, 0)
+                if err:
+                    return err
+                exp.punch_edge_pages += 1
+        return 0
+
+    async def fsync(self, vp: Vnode) -> int:
+        return 0
+
+
+def _aobj(vp: Vnode) -> Aobj:
+    ops = vp.uobj.pgops
+    if not isinstance(ops, Aobj):
+        raise TypeError(f"{vp.name}: a tmpfs vnode whose object is not an aobj")
+    return ops
+
+
+GENFS_VOPS: Final = GenfsVops()
+AOBJ_VOPS: Final = AobjVops()
