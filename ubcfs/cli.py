@@ -10,8 +10,8 @@
     ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]
     ubcfs check MOUNTPOINT
     ubcfs ctl MOUNTPOINT ping
-    ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync|backing-fallocate
-                ERRNO COUNT
+    ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync|backing-fallocate|
+                swap-write|swap-read ERRNO COUNT
 
 This module talks to a running daemon only through the control channel
 (``ubcfs.ctl.client``); it never imports pyfuse3, trio or the VM, so it starts fast and a
@@ -21,7 +21,7 @@ daemon reports that the mount serves requests (or with the daemon's one-line rea
 
 Errors are one line on stderr, ``ubcfs: error: ...``, never a traceback.  Exit status: 0 ok;
 2 the command line is wrong (bad value, a path that does not exist or is not a directory, an
-already mounted mountpoint, an option not available yet); 1 the command failed (no FUSE, not
+already mounted mountpoint, options that do not go together); 1 the command failed (no FUSE, not
 a ubcfs mount, the daemon could not mount, data could not be written back, ``check`` found
 violations); 130 interrupted.
 """
@@ -51,7 +51,14 @@ MOUNT_TIMEOUT: Final = 60.0  # seconds for the daemon to report ready
 EXIT_TIMEOUT: Final = 60.0  # seconds for the daemon to exit after unmounting
 CHECK_TIMEOUT: Final = 600.0
 LOG_ROTATE_SIZE: Final = 10 << 20
-INJECT_KINDS: Final = ("backing-write", "backing-read", "backing-fsync", "backing-fallocate")
+INJECT_KINDS: Final = (
+    "backing-write",
+    "backing-read",
+    "backing-fsync",
+    "backing-fallocate",
+    "swap-write",
+    "swap-read",
+)
 WATCH_HEADER_EVERY: Final = 20
 
 

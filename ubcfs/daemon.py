@@ -46,6 +46,9 @@ from ubcfs.fuse import Operations, fallocate_wired, fuse_options
 from ubcfs.options import MountOptions, SetupError, UsageError
 from ubcfs.vfs.backing import BackingNamespace, raise_nofile_limit
 from ubcfs.vfs.engine import Engine, errname, tune_gc
+from ubcfs.vfs.namespace import Namespace
+from ubcfs.vfs.tmpfs import TmpfsNamespace
+from ubcfs.vfs.tmpfs_vnops import TmpfsFiles
 from ubcfs.vm.audit import audit
 from ubcfs.vm.stat import snapshot
 
@@ -114,6 +117,7 @@ class Daemon:
         self.log_file = log_file
         self.engine: Engine
         self.ops: Operations
+        self.tmpfs: TmpfsFiles | None = None
         self.server: ControlServer
         self.stopping = False
         self.early_signal = 0
@@ -125,9 +129,11 @@ class Daemon:
     def main(self) -> int:
         """Build, mount, serve until unmounted; return the exit status."""
         opts = self.opts
-        assert opts.backing is not None
         raise_nofile_limit()  # before the engine sizes its vnode cache from the limit
+        swap_file = opts.swap_file or options.default_swap_file(opts.mountpoint)
         try:
+            if opts.tmpfs and opts.swap:
+                os.makedirs(os.path.dirname(swap_file), mode=0o700, exist_ok=True)
             self.engine = Engine(
                 memory=opts.memory,
                 page_size=opts.page_size,
@@ -135,27 +141,53 @@ class Daemon:
                 populate=True,
                 maxvnodes=opts.maxvnodes,
                 writeback_timeout=opts.writeback_timeout,
+                swap_size=opts.swap if opts.tmpfs else 0,
+                swap_file=swap_file,
+                keep_swap_file=opts.swap_file is not None,
             )
-        except (ValueError, MemoryError, OSError) as e:
+        except OSError as e:
+            return self.ready.fail(f"cannot create the swap file {swap_file}: {_os_text(e)}")
+        except (ValueError, MemoryError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")
         tune_gc()  # the machine's records are built: out of the collector's sight
-        try:
-            namespace = BackingNamespace(opts.backing)
-        except OSError as e:
-            return self.ready.fail(
-                f"cannot open the backing directory {opts.backing}: {_os_text(e)}"
+        namespace: Namespace[Any]
+        if opts.tmpfs:
+            self.tmpfs = TmpfsFiles(self.engine)
+            namespace = TmpfsNamespace(
+                self.tmpfs.capacity,
+                block_size=opts.page_size,
+                on_destroy=self.tmpfs.destroyed,
             )
+            fsname = "tmpfs"
+        else:
+            assert opts.backing is not None
+            try:
+                namespace = BackingNamespace(opts.backing)
+            except OSError as e:
+                self._close_swap()
+                return self.ready.fail(
+                    f"cannot open the backing directory {opts.backing}: {_os_text(e)}"
+                )
+            fsname = opts.backing
         try:
             self.server = ControlServer.bind(socket_path(opts.mountpoint))
         except OSError as e:
             namespace.close()
+            self._close_swap()
             return self.ready.fail(f"cannot create the control socket: {_os_text(e)}")
         self._register_commands()
-        self.ops = Operations(self.engine, namespace, ubc=opts.ubc, kernel_cache=opts.kernel_cache)
+        self.ops = Operations(
+            self.engine,
+            namespace,
+            ubc=opts.ubc,
+            kernel_cache=opts.kernel_cache,
+            tmpfs=self.tmpfs,
+        )
         self._catch_early_signals()
         try:
-            reason = _mount(self.ops, opts.mountpoint, fuse_options(opts.backing, opts.allow_other))
+            reason = _mount(self.ops, opts.mountpoint, fuse_options(fsname, opts.allow_other))
             if reason is not None:
+                self._close_swap()
                 return self.ready.fail(f"cannot mount on {opts.mountpoint}: {reason}")
             try:
                 return trio.run(self._run)
@@ -170,6 +202,13 @@ class Daemon:
         finally:
             self.server.close()
             namespace.close()
+            self._close_swap()
+
+    def _close_swap(self) -> None:
+        """Close (and remove, unless given) the swap file; the engine does it when it
+        stops, this is for the paths where it never ran."""
+        if self.engine.swap is not None:
+            self.engine.swap.close()
 
     def _catch_early_signals(self) -> None:
         """Until trio's receiver takes over (and after it stops), a stop signal is only
@@ -183,6 +222,8 @@ class Daemon:
 
     async def _run(self) -> int:
         async with self.engine.running(), trio.open_nursery() as nursery:
+            if self.tmpfs is not None:
+                await nursery.start(self.tmpfs.run)
             await nursery.start(self.server.serve)
             await nursery.start(self._watch_signals)
             self.ready.ok()
@@ -249,6 +290,8 @@ class Daemon:
             "version": __version__,
             "mountpoint": o.mountpoint,
             "backing": o.backing,
+            "tmpfs": o.tmpfs,
+            "swap_file": self.engine.swap.path if self.engine.swap is not None else None,
             "log": self.log_file,
             "stopping": self.stopping,
             "pyfuse3": pyfuse3.__version__,
@@ -279,7 +322,10 @@ class Daemon:
         check_keys(args, ())
         snap = snapshot(self.engine.uvm)
         snap["vnodes"] = self.engine.vcache.statistics()
-        snap["fds"] = self.ops.ns.descriptors()
+        if self.ops.backing is not None:
+            snap["fds"] = self.ops.backing.descriptors()
+        if self.tmpfs is not None:
+            snap["tmpfs"] = self.tmpfs.statistics()
         return snap
 
     async def _ctl_check(self, args: dict[str, Any]) -> dict[str, Any]:

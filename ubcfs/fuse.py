@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 import pyfuse3
 
 from ubcfs.vfs.backing import BackingNamespace, Inode
+from ubcfs.vfs.namespace import Namespace, NamespaceNode
+from ubcfs.vfs.tmpfs import TmpfsNamespace, TmpfsNode
 from ubcfs.vfs.vcache import VS
 from ubcfs.vm.diag import Panic
 
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ubcfs.vfs.engine import Engine
+    from ubcfs.vfs.tmpfs_vnops import TmpfsFiles
     from ubcfs.vfs.vnode import Vnode
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,8 @@ ATTR_TIMEOUT: Final = 1.0
 # How close to our clock a setattr's mtime must be to count as UTIME_NOW (see setattr).
 UTIME_NOW_SLACK_NS: Final = 250_000_000
 ENTRY_TIMEOUT: Final = 1.0
+
+Node = NamespaceNode  # a backing ``Inode`` or a ``TmpfsNode``
 
 
 def fuse_options(fsname: str, allow_other: bool) -> set[str]:
@@ -134,7 +139,7 @@ class Handle:
 
     def __init__(
         self,
-        inode: Inode,
+        inode: Node,
         vnode: Vnode | None,
         data_fd: int,
         flags: int,
@@ -153,13 +158,15 @@ class Handle:
 
 
 class Operations(pyfuse3.Operations):
-    """ubcfs's FUSE operations over a backing directory.
+    """ubcfs's FUSE operations over a namespace: a backing directory's or a tmpfs's.
 
-    Two levels of objects, as in the kernel: the name-level ``Inode`` (the FUSE node the
-    kernel knows, with its lookup count) and the ``Vnode`` (the file's page cache, in the
-    engine's vnode cache, keyed by backing identity).  A FUSE forget drops an inode, never a
-    vnode: the vnode stays cached with its pages, so a file closed and forgotten by the
-    kernel is read again from the UBC.  Open handles hold vnode uses.
+    Two levels of objects, as in the kernel: the name-level node (a backing ``Inode`` or a
+    ``TmpfsNode``: the FUSE node the kernel knows, with its lookup count) and the ``Vnode``
+    (the file's page cache).  A backing file's vnode is in the engine's vnode cache, keyed
+    by backing identity; a tmpfs file's is its node's data (``ubcfs.vfs.tmpfs_vnops``).  A
+    FUSE forget drops a node, never a vnode: the vnode stays with its pages, so a file
+    closed and forgotten by the kernel is read again from the UBC.  Open handles hold vnode
+    uses.
 
     Atomicity: ``forget``, ``release``, ``releasedir`` and every namespace operation run
     without an ``await``, so the inode table, lookup counts and vnode uses change together.
@@ -169,11 +176,12 @@ class Operations(pyfuse3.Operations):
 
     Args:
         engine: the running UBC engine.
-        namespace: the backing directory's inode table.
+        namespace: the backing directory's inode table, or a tmpfs's nodes.
         ubc: False for ``--no-ubc``: data goes straight to the backing files (the baseline
-            benchmarks compare against); everything else is the same.
+            benchmarks compare against); everything else is the same.  Backing only.
         kernel_cache: True for ``--kernel-cache``: opens without ``direct_io``, the
             kernel's page cache in front (module docstring).
+        tmpfs: the data layer of a tmpfs namespace (required with one).
     """
 
     supports_dot_lookup = False
@@ -183,30 +191,41 @@ class Operations(pyfuse3.Operations):
     def __init__(
         self,
         engine: Engine,
-        namespace: BackingNamespace,
+        namespace: Namespace[Any],
         *,
         ubc: bool = True,
         kernel_cache: bool = False,
+        tmpfs: TmpfsFiles | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
         self.ns = namespace
+        self.backing = namespace if isinstance(namespace, BackingNamespace) else None
+        self.tmpfs = tmpfs
+        if (self.backing is None) == (tmpfs is None):
+            raise ValueError("a tmpfs data layer goes with a tmpfs namespace, and only there")
+        if tmpfs is not None and not ubc:
+            raise ValueError("a tmpfs keeps its data in the UBC: --no-ubc is backing-only")
         self.ubc = ubc
         self.kernel_cache = kernel_cache
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
-        self.dirs: dict[int, tuple[Inode, list[bytes]]] = {}
+        self.dirs: dict[int, tuple[Node, list[bytes]]] = {}
         engine.vcache.is_held = namespace.by_key.__contains__
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _vget(self, inode: Inode, data_fd: int = -1) -> Vnode:
+    async def _vget(self, inode: Node, data_fd: int = -1) -> Vnode:
         """The vnode of a regular file with one more use, loaded on first use (from
         ``data_fd`` when the caller has a read-write descriptor, which the vnode then owns;
-        otherwise this closes it).  => may sleep (a reclaim of the file is waited for)."""
+        otherwise this closes it).  => may sleep (a reclaim of the file is waited for);
+        a tmpfs file's never does."""
+        if self.tmpfs is not None:
+            return self.tmpfs.vget(_tmpfs_node(inode))
+        backing = self._backing()
 
         def load() -> Vnode:
-            fd = data_fd if data_fd >= 0 else self.ns.open_data(inode, write=False)
+            fd = data_fd if data_fd >= 0 else backing.open_data(_backing_inode(inode), write=False)
             try:
                 return self.engine.new_vnode(fd, inode.label, os.fstat(fd))
             except BaseException:
@@ -224,13 +243,28 @@ class Operations(pyfuse3.Operations):
             os.close(data_fd)
         return vp
 
-    def _cached_vnode(self, inode: Inode) -> Vnode | None:
-        """The vnode of ``inode`` if the vnode cache has it (no use taken)."""
+    def _vrele(self, vp: Vnode) -> None:
+        """Drop a use taken by ``_vget``.  => never sleeps."""
+        if self.tmpfs is not None:
+            self.tmpfs.vrele(vp)
+        else:
+            self.engine.vrele(vp)
+
+    def _backing(self) -> BackingNamespace:
+        """The backing namespace, for what only it has (data descriptors)."""
+        if self.backing is None:
+            raise _fail(errno.EOPNOTSUPP)
+        return self.backing
+
+    def _cached_vnode(self, inode: Node) -> Vnode | None:
+        """The vnode of ``inode`` if it has one (no use taken)."""
         if not self.ubc or not inode.is_reg():
             return None
+        if self.tmpfs is not None:
+            return self.tmpfs.cached(_tmpfs_node(inode))
         return self.engine.vcache.lookup(inode.key)
 
-    def _entry(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
+    def _entry(self, inode: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         inode.mode = st.st_mode  # the permission bits may have changed (the type cannot)
         e = pyfuse3.EntryAttributes()
         e.st_ino = self.ns.st_ino(inode, st)
@@ -248,24 +282,29 @@ class Operations(pyfuse3.Operations):
         e.st_atime_ns = st.st_atime_ns
         e.st_mtime_ns = st.st_mtime_ns
         e.st_ctime_ns = st.st_ctime_ns
-        if not self.ubc or not inode.is_reg():
-            return e
-        vp = self.engine.vcache.lookup(inode.key)
+        vp = self._cached_vnode(inode)
         if vp is None:
-            e.st_ctime_ns = self.engine.vcache.visible_ctime(inode.key, st.st_ctime_ns)
+            if self.ubc and self.backing is not None and inode.is_reg():
+                e.st_ctime_ns = self.engine.vcache.visible_ctime(inode.key, st.st_ctime_ns)
         else:
             # The engine's view: dirty data may not be written yet, and write-back changes
             # the backing file's mtime and ctime, which programs must not see.
             e.st_size = vp.size
             e.st_mtime_ns = vp.mtime_ns
             e.st_ctime_ns = vp.ctime_ns
-            e.st_blocks = max(st.st_blocks, (vp.size + 511) // 512)
+            if self.tmpfs is not None:
+                # As the tmpfs namespace counts them: the size in whole blocks (NetBSD:
+                # va_bytes = round_page(tn_size)).
+                bs = st.st_blksize
+                e.st_blocks = (vp.size + bs - 1) // bs * (bs // 512)
+            else:
+                e.st_blocks = max(st.st_blocks, (vp.size + 511) // 512)
         return e
 
-    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: Node) -> pyfuse3.EntryAttributes:
         return self._entry(inode, self.ns.getattr(inode))
 
-    def _changed(self, inode: Inode | None) -> None:
+    def _changed(self, inode: Node | None) -> None:
         """A namespace operation changed ``inode``'s ctime on the backing file: the engine's
         ctime follows."""
         if inode is None:
@@ -277,12 +316,12 @@ class Operations(pyfuse3.Operations):
             except OSError:
                 vp.changed()
 
-    def _forget(self, inode: Inode, n: int) -> None:
+    def _forget(self, inode: Node, n: int) -> None:
         """Drop ``n`` lookups; when the inode goes, tell the vnode cache.  => never sleeps."""
         if self.ns.forget(inode, n):
             self.engine.vcache.forgotten(inode.key)
 
-    def _drop_if_unused(self, inode: Inode) -> None:
+    def _drop_if_unused(self, inode: Node) -> None:
         """Forget an inode the kernel no longer knows once its last open is closed.
         => never sleeps."""
         if not inode.in_use and self.ns.inodes.get(inode.ino) is inode:
@@ -355,13 +394,13 @@ class Operations(pyfuse3.Operations):
         vp = self._cached_vnode(ino)
         if vp is not None:
             vp.changed(ctime)
-        elif ino.is_reg() and self.ubc and ctime != st.st_ctime_ns:
+        elif ino.is_reg() and self.ubc and self.backing and ctime != st.st_ctime_ns:
             self.engine.vcache.ctimes[ino.key] = (st.st_ctime_ns, ctime)
         return self._entry(ino, st)
 
-    async def _truncate(self, ino: Inode, fh: int | None, size: int) -> None:
+    async def _truncate(self, ino: Node, fh: int | None, size: int) -> None:
         if not self.ubc:
-            os.truncate(self.ns.proc_path(ino), size)
+            os.truncate(self._backing().proc_path(_backing_inode(ino)), size)
             return
         h = self.handles.get(fh) if fh is not None else None
         if h is not None and h.vnode is not None:
@@ -373,7 +412,7 @@ class Operations(pyfuse3.Operations):
                 try:
                     err = await self.engine.truncate(vp, size)
                 finally:
-                    self.engine.vrele(vp)
+                    self._vrele(vp)
             finally:
                 ino.inflight -= 1
                 self._drop_if_unused(ino)
@@ -449,7 +488,7 @@ class Operations(pyfuse3.Operations):
 
     def _add_handle(
         self,
-        inode: Inode,
+        inode: Node,
         vnode: Vnode | None,
         flags: int,
         data_fd: int,
@@ -472,7 +511,7 @@ class Operations(pyfuse3.Operations):
         return h
 
     async def _new_handle(
-        self, inode: Inode, flags: int, ctx: pyfuse3.RequestContext, data_fd: int = -1
+        self, inode: Node, flags: int, ctx: pyfuse3.RequestContext, data_fd: int = -1
     ) -> int:
         """Open ``inode``: a handle with a vnode use (or, with --no-ubc, a data descriptor).
         => may sleep; ``inode.inflight`` holds the inode meanwhile, so a forget arriving
@@ -484,7 +523,8 @@ class Operations(pyfuse3.Operations):
                 fh = self._add_handle(inode, vp, flags, -1, ctx)
             else:
                 if data_fd < 0:
-                    data_fd = self.ns.open_data(inode, (flags & os.O_ACCMODE) != os.O_RDONLY)
+                    write = (flags & os.O_ACCMODE) != os.O_RDONLY
+                    data_fd = self._backing().open_data(_backing_inode(inode), write)
                 fh = self._add_handle(inode, None, flags, data_fd, ctx)
             inode.opens += 1
             return fh
@@ -547,6 +587,10 @@ class Operations(pyfuse3.Operations):
         # may come through an O_APPEND descriptor: ``off`` is the truth.
         if h.flags & os.O_APPEND and not self.kernel_cache:
             off = h.vnode.size if h.vnode is not None else os.fstat(h.data_fd).st_size
+        if self.tmpfs is not None and h.vnode is not None:
+            err = self.tmpfs.reserve(h.vnode, off, len(buf))
+            if err:
+                raise _fail(err)
         if h.vnode is not None:
             err, n = await self.engine.write(h.vnode, off, buf)
             if err:
@@ -618,7 +662,7 @@ class Operations(pyfuse3.Operations):
         h.inode.opens -= 1
         self._drop_if_unused(h.inode)
         if h.vnode is not None:
-            self.engine.vrele(h.vnode)
+            self._vrele(h.vnode)
 
     # --- directories --------------------------------------------------------------------
 
@@ -680,7 +724,9 @@ class Operations(pyfuse3.Operations):
         d = self.dirs.get(fh)
         if d is None:
             raise _fail(errno.EBADF)
-        dfd = self.ns.open_dir(d[0])
+        if self.backing is None:
+            return  # a tmpfs directory is as durable as it will ever be
+        dfd = self.backing.open_dir(_backing_inode(d[0]))
         try:
             err = await self.engine.io.fsync(dfd, datasync)
         finally:
@@ -755,14 +801,20 @@ class Operations(pyfuse3.Operations):
             self._close_handle(fh)
         err = await self.engine.shutdown()
         e2 = await self.engine.vcache.reclaim_all()
+        if self.tmpfs is not None:
+            # Like tmpfs's unmount: every node goes, and with it every page and slot.
+            self.ns.close()
+            await self.tmpfs.drain()
         return err or e2
 
     def audit(self) -> list[str]:
-        """Violations of the FUSE layer's rules and the vnode cache's (``ubcfs check``)."""
+        """Violations of the FUSE layer's rules, the vnode cache's and the namespace's
+        (``ubcfs check``)."""
         out = self.engine.vcache.audit() + self.engine.ubc.audit()
         ns = self.ns
         opens: dict[int, int] = {}
-        uses: dict[tuple[int, int], int] = {}
+        uses: dict[int, int] = {}  # vnode id -> handles
+        vnodes: dict[int, Vnode] = {}
         for fh, h in self.handles.items():
             opens[id(h.inode)] = opens.get(id(h.inode), 0) + 1
             if ns.inodes.get(h.inode.ino) is not h.inode:
@@ -770,18 +822,20 @@ class Operations(pyfuse3.Operations):
             vp = h.vnode
             if vp is None:
                 continue
-            uses[vp.key] = uses.get(vp.key, 0) + 1
-            if self.engine.vcache.table.get(vp.key) is not vp:
-                out.append(f"handle {fh}: its vnode {vp.name} is not in the vnode cache")
+            uses[id(vp)] = uses.get(id(vp), 0) + 1
+            vnodes[id(vp)] = vp
+            if self._cached_vnode(h.inode) is not vp:
+                where = "the vnode cache" if self.tmpfs is None else "its node's data"
+                out.append(f"handle {fh}: its vnode {vp.name} is not in {where}")
             if vp.vstate is not VS.LOADED:
                 out.append(f"handle {fh}: its vnode {vp.name} is {vp.vstate.value}")
             if vp.key != h.inode.key:
                 out.append(f"handle {fh}: vnode {vp.name} is not its inode's file")
         for d_ino, _ in self.dirs.values():
             opens[id(d_ino)] = opens.get(id(d_ino), 0) + 1
-        for key, n in uses.items():
-            vp = self.engine.vcache.table.get(key)
-            if vp is not None and vp.usecount < n:
+        for vid, n in uses.items():
+            vp = vnodes[vid]
+            if vp.usecount < n:
                 out.append(f"vnode {vp.name}: {n} handles but usecount {vp.usecount}")
         for ino, inode in ns.inodes.items():
             where = f"inode {inode.label}"
@@ -795,6 +849,19 @@ class Operations(pyfuse3.Operations):
                 out.append(f"{where}: {inode.inflight} requests in flight")
             if not inode.in_use:
                 out.append(f"{where}: neither looked up, open nor in use, but registered")
+        if self.backing is not None:
+            out += self._audit_descriptors(self.backing)
+        if self.tmpfs is not None and isinstance(ns, TmpfsNamespace):
+            by_ino = {vnodes[vid].key[1]: n for vid, n in uses.items()}
+            out += ns.audit() + self.tmpfs.audit(ns.nodes, by_ino)
+        return out
+
+    @staticmethod
+    def _audit_descriptors(ns: BackingNamespace) -> list[str]:
+        """Every backing inode has a descriptor of its own file, or a handle to reopen it."""
+        out: list[str] = []
+        for inode in ns.inodes.values():
+            where = f"inode {inode.label}"
             fd = inode.pinned if inode.pinned >= 0 else ns.fdcache.get(inode.ino)
             if fd is None:
                 if inode.handle is None:
@@ -808,3 +875,15 @@ class Operations(pyfuse3.Operations):
             if (st.st_dev, st.st_ino) != inode.key:
                 out.append(f"{where}: descriptor {fd} is another file {(st.st_dev, st.st_ino)}")
         return out
+
+
+def _tmpfs_node(inode: Node) -> TmpfsNode:
+    if not isinstance(inode, TmpfsNode):
+        raise TypeError(f"{inode.label} is not a tmpfs node")
+    return inode
+
+
+def _backing_inode(inode: Node) -> Inode:
+    if not isinstance(inode, Inode):
+        raise TypeError(f"{inode.label} is not a backing inode")
+    return inode

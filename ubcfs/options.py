@@ -10,13 +10,13 @@ Errors come in two kinds, matching the CLI's exit codes:
 
 * ``UsageError`` (exit 2): the command line is wrong on its face -- a bad SIZE, a path
   argument that does not exist or is not a directory, a mountpoint that is already mounted,
-  an option that is not available yet (``--tmpfs``).
+  options that do not go together (``--tmpfs`` with ``--no-ubc``).
 * ``SetupError`` (exit 1): the command line is fine but this machine cannot do it (no
   ``/dev/fuse``, the default store cannot be created).
 
 SIZE values are bytes with an optional binary suffix: ``4096``, ``64K``, ``128M``, ``2G``
 (``K`` = 1024; the suffix may be lower case).  Zero, negative and fractional values, and
-anything else, are refused.
+anything else, are refused (``--swap 0``, no swap at all, is the one zero allowed).
 """
 
 from __future__ import annotations
@@ -101,8 +101,14 @@ def default_store() -> str:
 
 
 def state_dir() -> str:
-    """Where logs (and later swap files) live: ``${XDG_STATE_HOME:-~/.local/state}/ubcfs``."""
+    """Where logs and swap files live: ``${XDG_STATE_HOME:-~/.local/state}/ubcfs``."""
     return os.path.join(_xdg_dir("XDG_STATE_HOME", ".local/state"), "ubcfs")
+
+
+def default_swap_file(mountpoint: str) -> str:
+    """The swap file of a mountpoint when ``--swap-file`` is not given (removed at
+    unmount; a daemon that was killed leaves it, and the next mount reuses it)."""
+    return os.path.join(state_dir(), f"swap-{mount_key(mountpoint)}")
 
 
 def log_path(mountpoint: str) -> str:
@@ -120,11 +126,13 @@ class MountOptions:
     Attributes:
         mountpoint: absolute, symlinks resolved.
         backing: the backing directory (absolute, resolved), or None with ``tmpfs``.
-        tmpfs: in-memory filesystem (not available yet).
+        tmpfs: an in-memory file system (``ubcfs.vfs.tmpfs``): names in memory, file data
+            in anonymous memory paged to swap.
         default_store: ``backing`` is the embedded default store.
         memory: simulated physical memory in bytes (a multiple of ``page_size``).
-        swap: swap size in bytes (recorded; used from the swap issue on).
-        swap_file: where the swap file goes, or None for the state dir.
+        swap: swap size in bytes, 0 for none (with ``tmpfs``: until simulated processes
+            have anonymous memory, only a tmpfs has pages to swap).
+        swap_file: the swap file, kept at unmount; None: one in the state dir, removed.
         page_size: bytes per page.
         ubc: False for ``--no-ubc`` (data bypasses the UBC).
         extend_fastpath: False for ``--no-extend-fastpath``.
@@ -160,10 +168,13 @@ class MountOptions:
     def daemon_argv(self) -> list[str]:
         """The arguments that make ``python -m ubcfs.daemon`` run exactly these options
         (absolute paths, exact sizes; the store is always explicit)."""
-        if self.backing is None:
-            raise UsageError("--tmpfs is not available yet")
         # The default store is left implicit so that the daemon knows it is the default.
-        store = [] if self.default_store else ["--backing", self.backing]
+        if self.tmpfs:
+            store = ["--tmpfs"]
+        elif self.backing is None:
+            raise UsageError("neither --backing nor --tmpfs")
+        else:
+            store = [] if self.default_store else ["--backing", self.backing]
         argv = [
             self.mountpoint,
             *store,
@@ -208,16 +219,25 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         "${XDG_DATA_HOME:-~/.local/share}/ubcfs/store)",
     )
     store.add_argument(
-        "--tmpfs", action="store_true", help="in-memory filesystem (not available yet)"
+        "--tmpfs",
+        action="store_true",
+        help="an in-memory file system: file data in anonymous memory, paged to swap",
     )
     parser.add_argument(
         "--memory", metavar="SIZE", default=None, help="simulated physical memory (default 128M)"
     )
     parser.add_argument(
-        "--swap", metavar="SIZE", default=None, help="swap size (default 2x memory; unused yet)"
+        "--swap",
+        metavar="SIZE",
+        default=None,
+        help="swap for --tmpfs data (default 2x memory; 0: none, the data must fit in memory)",
     )
     parser.add_argument(
-        "--swap-file", metavar="PATH", default=None, help="swap file (default: in the state dir)"
+        "--swap-file",
+        metavar="PATH",
+        default=None,
+        help="swap file, created sparse and kept at unmount (default: one in the state dir,"
+        " removed at unmount)",
     )
     parser.add_argument(
         "--page-size", metavar="SIZE", default=None, help="page size (default 4096)"
@@ -261,13 +281,10 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
     """Validate parsed ``mount`` arguments (values only; ``check_paths`` checks the paths).
 
     Raises:
-        UsageError: a bad value, or ``--tmpfs`` (not available yet).
+        UsageError: a bad value, or options that do not go together.
     """
-    if ns.tmpfs:
-        raise UsageError(
-            "--tmpfs is not available yet (it arrives with anonymous memory and swap);"
-            " use --backing DIR or the default store"
-        )
+    if ns.tmpfs and ns.no_ubc:
+        raise UsageError("--no-ubc bypasses the UBC to a backing directory; a --tmpfs has none")
     page_size = DEFAULT_PAGE_SIZE
     if ns.page_size is not None:
         page_size = parse_size(ns.page_size, "--page-size")
@@ -278,7 +295,9 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         )
     memory = DEFAULT_MEMORY if ns.memory is None else parse_size(ns.memory, "--memory")
     check_memory(memory, page_size)
-    swap = 2 * memory if ns.swap is None else parse_size(ns.swap, "--swap")
+    swap = 2 * memory
+    if ns.swap is not None:
+        swap = 0 if re.fullmatch(r"0+[kKmMgGtT]?", ns.swap) else parse_size(ns.swap, "--swap")
     if swap % page_size:
         raise UsageError(f"--swap: {ns.swap} is not a multiple of the page size {page_size}")
     if not ns.mountpoint:
@@ -302,6 +321,7 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
     return MountOptions(
         mountpoint=os.path.realpath(ns.mountpoint),
         backing=backing,
+        tmpfs=bool(ns.tmpfs),
         memory=memory,
         swap=swap,
         swap_file=swap_file,
@@ -401,6 +421,12 @@ def check_paths(opts: MountOptions, fuse_device: str = FUSE_DEVICE) -> None:
     if is_mountpoint(mnt):
         raise UsageError(f"{mnt} is already a mount point; unmount it first")
     _check_dir(mnt, "mountpoint")
+    if opts.swap_file is not None:
+        if _inside(opts.swap_file, mnt):
+            raise UsageError(f"swap file {opts.swap_file} is inside the mountpoint {mnt}")
+        _check_dir(os.path.dirname(opts.swap_file), "swap file's directory")
+        if os.path.isdir(opts.swap_file):
+            raise UsageError(f"swap file {opts.swap_file} is a directory")
     if opts.backing is not None:
         _check_dir(opts.backing, "backing directory")
         if _inside(mnt, opts.backing) or _inside(opts.backing, mnt):

@@ -354,8 +354,9 @@ async def test_check_rules_catch_broken_state(tmp_path: Path) -> None:
         assert any("on the free list with 1 uses" in v for v in ops.audit())
         del vcache.free[vp.key]
         # An inode whose cached descriptor was closed.
-        inode = ops.ns.inodes[ino]
-        fd = ops.ns.fd(inode)
+        assert ops.backing is not None
+        inode = ops.backing.inodes[ino]
+        fd = ops.backing.fd(inode)
         again = os.open(tmp_path / "back" / "f", os.O_PATH)
         os.close(fd)
         assert any("is not open" in v for v in ops.audit())

@@ -6,6 +6,12 @@ s3ql ``t4_fuse.py``).
   ``ubcfs umount`` must both exit 0.
 * ``mounter``: makes more mounts (``mounter(name, *options)``), for tests that unmount on
   their own or need special options; every mount it made is cleaned up the same way.
+  ``mounter(name, "--tmpfs")`` makes a tmpfs mount (``TMPFS_SWAP`` of swap unless the
+  options give ``--swap``): then ``Mounted.tmpfs`` is true and ``backing`` does not exist.
+* ``any_mounted``: ``mounted`` once over a backing directory and once as a tmpfs, for the
+  tests whose behaviour both modes share (a module may rename it ``mounted`` for all of
+  its tests, as test_workloads.py does); ``Mounted.store(path)`` is where a file of the
+  mount lies on the backing directory after ``ubcfs sync``, None for a tmpfs.
 
 Whatever happens -- a failed assertion, a dead daemon -- teardown never leaves a mount
 behind: after the polite unmount it falls back to ``fusermount3 -u -z`` and SIGKILL.
@@ -46,6 +52,8 @@ from ubcfs.ctl.protocol import mount_entry
 
 CMD_TIMEOUT = 120.0
 MEMORY = "1M"
+TMPFS_SWAP = "256M"  # tmpfs mounts with MEMORY of memory keep their data in swap
+MODES = ("backing", "tmpfs")
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 DROP_CACHES_ENV = "UBCFS_TEST_DROP_CACHES"
 DROP_CACHES_INTERVAL_ENV = "UBCFS_TEST_DROP_CACHES_INTERVAL"
@@ -200,10 +208,11 @@ class Mounted:
         env: the environment its CLI commands run with.
     """
 
-    def __init__(self, mnt: Path, backing: Path, env: dict[str, str]) -> None:
+    def __init__(self, mnt: Path, backing: Path, env: dict[str, str], tmpfs: bool = False) -> None:
         self.mnt = mnt
         self.backing = backing
         self.env = env
+        self.tmpfs = tmpfs
         self.pid = 0
         self.log: str | None = None
 
@@ -228,6 +237,15 @@ class Mounted:
         assert r.returncode == 0, r.stderr
         out: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
         return out
+
+    def store(self, path: Path) -> Path | None:
+        """Where ``path`` (on the mount) lies in the backing directory, after ``ubcfs
+        sync`` (which this runs); None for a tmpfs, whose data is nowhere else."""
+        if self.tmpfs:
+            return None
+        r = self.ubcfs("sync", self.mnt)
+        assert r.returncode == 0, r.stderr
+        return self.backing / path.relative_to(self.mnt)
 
     @property
     def mounted(self) -> bool:
@@ -282,7 +300,12 @@ class Mounter:
         mnt = top / "mnt"
         mnt.mkdir(parents=True)
         self.paths.append(mnt)
-        if backing:
+        tmpfs = "--tmpfs" in options
+        if tmpfs:
+            store = top / "no-backing"  # a tmpfs has none
+            if "--swap" not in options:
+                options = (*options, "--swap", TMPFS_SWAP)
+        elif backing:
             store = top / "backing"
             store.mkdir()
             options = ("--backing", str(store), *options)
@@ -293,13 +316,13 @@ class Mounter:
         assert r.returncode == 0, f"mount failed: {r.stderr}"
         assert r.stderr == "", r.stderr
         assert r.stdout == "", r.stdout
-        return self.adopt(mnt, store)
+        return self.adopt(mnt, store, tmpfs)
 
-    def adopt(self, mnt: Path, backing: Path) -> Mounted:
+    def adopt(self, mnt: Path, backing: Path, tmpfs: bool = False) -> Mounted:
         """Track a mount made some other way (mount.sh, --foreground) for cleanup."""
         if mnt not in self.paths:
             self.paths.append(mnt)
-        m = Mounted(mnt, backing, self.env)
+        m = Mounted(mnt, backing, self.env, tmpfs)
         self.mounts.append(m)
         assert os.path.ismount(mnt)
         info = m.ping()
@@ -359,6 +382,14 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 @pytest.fixture
 def mounted(mounter: Mounter) -> Mounted:
     """One mount with 1M of memory over an empty backing directory."""
+    return mounter("m")
+
+
+@pytest.fixture(params=MODES)
+def any_mounted(request: pytest.FixtureRequest, mounter: Mounter) -> Mounted:
+    """``mounted`` over a backing directory, then a tmpfs with ``TMPFS_SWAP`` of swap."""
+    if request.param == "tmpfs":
+        return mounter("m", "--tmpfs")
     return mounter("m")
 
 

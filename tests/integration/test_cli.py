@@ -134,14 +134,6 @@ def test_path_errors(dirs: tuple[Path, Path], env: dict[str, str], tmp_path: Pat
     assert not is_mounted(mnt)
 
 
-def test_tmpfs_is_refused(dirs: tuple[Path, Path], env: dict[str, str]) -> None:
-    mnt, backing = dirs
-    assert_error(run_ubcfs("mount", mnt, "--tmpfs", env=env), 2, "--tmpfs", "not available")
-    r = run_ubcfs("mount", mnt, "--tmpfs", "--backing", backing, env=env)
-    assert_error(r, 2, "not allowed with")
-    assert not is_mounted(mnt)
-
-
 def test_usage_errors(dirs: tuple[Path, Path], env: dict[str, str]) -> None:
     mnt, backing = dirs
     cases: list[list[str | Path]] = [

@@ -78,7 +78,9 @@ def test_swap_defaults_to_twice_memory() -> None:
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["--tmpfs"], "not available yet"),
+        (["--tmpfs", "--no-ubc"], "a --tmpfs has none"),
+        (["--swap", "-0"], "--swap"),
+        (["--swap", "0x"], "--swap"),
         (["--page-size", "1000"], "power of two"),
         (["--page-size", "256"], "power of two"),
         (["--page-size", "128K"], "power of two"),
@@ -126,6 +128,38 @@ def test_daemon_argv_round_trip(tmp_path: Path) -> None:
     assert o.maxvnodes == 100
     assert parse(*o.daemon_argv()) == o
     assert o.writeback_timeout == 0.1
+
+
+def test_tmpfs_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    o = parse("/x", "--tmpfs", "--memory", "2M", "--swap", "0")
+    assert (o.tmpfs, o.backing, o.swap, o.swap_file) == (True, None, 0, None)
+    assert parse(*o.daemon_argv()) == o
+    assert options.with_store(o) is o  # no default store for a tmpfs
+    assert parse("/x", "--tmpfs", "--swap", "0K").swap == 0
+    given = parse("/x", "--tmpfs", "--swap-file", str(tmp_path / "sw"))
+    assert given.swap_file == str(tmp_path / "sw")
+    assert parse(*given.daemon_argv()) == given
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    default = options.default_swap_file("/some/mnt")
+    assert default.startswith(str(tmp_path / "ubcfs" / "swap-"))
+    assert default != options.default_swap_file("/other/mnt")
+
+
+def test_check_paths_of_the_swap_file(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def check(swap_file: Path) -> None:
+        o = parse(str(mnt), "--tmpfs", "--swap-file", str(swap_file))
+        options.check_paths(o, fuse_device="/dev/null")
+
+    check(tmp_path / "swap")
+    with pytest.raises(UsageError, match="inside the mountpoint"):
+        check(mnt / "swap")
+    with pytest.raises(UsageError, match="does not exist"):
+        check(tmp_path / "nodir" / "swap")
+    with pytest.raises(UsageError, match="is a directory"):
+        check(tmp_path)
 
 
 def test_kernel_cache(tmp_path: Path) -> None:
