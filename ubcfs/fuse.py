@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 import pyfuse3
 
 from ubcfs.vfs.backing import BackingNamespace, Inode
+from ubcfs.vfs.direct import DirectFile, fsync_fd
 from ubcfs.vfs.namespace import Namespace, NamespaceNode
 from ubcfs.vfs.tmpfs import TmpfsNamespace, TmpfsNode
 from ubcfs.vfs.vcache import VS
@@ -135,19 +136,19 @@ class Handle:
     caller, so the clearing of setuid/setgid on a write is decided with the opener's.
     """
 
-    __slots__ = ("data_fd", "flags", "inode", "opener", "vnode")
+    __slots__ = ("direct", "flags", "inode", "opener", "vnode")
 
     def __init__(
         self,
         inode: Node,
         vnode: Vnode | None,
-        data_fd: int,
+        direct: DirectFile | None,
         flags: int,
         opener: tuple[int, int, int],
     ) -> None:
         self.inode = inode
         self.vnode = vnode
-        self.data_fd = data_fd  # --no-ubc only: the fd the data goes through
+        self.direct = direct  # --no-ubc only: the backing file the data goes to
         self.flags = flags
         self.opener = opener
 
@@ -491,12 +492,12 @@ class Operations(pyfuse3.Operations):
         inode: Node,
         vnode: Vnode | None,
         flags: int,
-        data_fd: int,
+        direct: DirectFile | None,
         ctx: pyfuse3.RequestContext,
     ) -> int:
         fh = self.next_fh
         self.next_fh += 1
-        self.handles[fh] = Handle(inode, vnode, data_fd, flags, (ctx.uid, ctx.gid, ctx.pid))
+        self.handles[fh] = Handle(inode, vnode, direct, flags, (ctx.uid, ctx.gid, ctx.pid))
         return fh
 
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
@@ -520,12 +521,13 @@ class Operations(pyfuse3.Operations):
         try:
             if self.ubc:
                 vp = await self._vget(inode, data_fd)
-                fh = self._add_handle(inode, vp, flags, -1, ctx)
+                fh = self._add_handle(inode, vp, flags, None, ctx)
             else:
                 if data_fd < 0:
                     write = (flags & os.O_ACCMODE) != os.O_RDONLY
                     data_fd = self._backing().open_data(_backing_inode(inode), write)
-                fh = self._add_handle(inode, None, flags, data_fd, ctx)
+                direct = DirectFile(self.engine.io, data_fd)
+                fh = self._add_handle(inode, None, flags, direct, ctx)
             inode.opens += 1
             return fh
         finally:
@@ -545,8 +547,8 @@ class Operations(pyfuse3.Operations):
                 if err:
                     self._close_handle(fh)
                     raise _fail(err)
-            else:
-                os.ftruncate(h.data_fd, 0)
+            elif h.direct is not None:
+                h.direct.truncate(0)
         return self._file_info(fh)
 
     @handler
@@ -570,12 +572,10 @@ class Operations(pyfuse3.Operations):
             if err:
                 raise _fail(err)
             return data  # type: ignore[return-value]  # pyfuse3 takes any buffer
-        buf = bytearray(size)
-        err, n = await self.engine.io.readv(h.data_fd, [memoryview(buf)], off)
+        err, out = await _direct(h).read(off, size)
         if err:
             raise _fail(err)
-        del buf[n:]
-        return bytes(buf)
+        return out
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -586,7 +586,7 @@ class Operations(pyfuse3.Operations):
         # already (an O_APPEND write at its i_size), and the write-back of a shared mapping
         # may come through an O_APPEND descriptor: ``off`` is the truth.
         if h.flags & os.O_APPEND and not self.kernel_cache:
-            off = h.vnode.size if h.vnode is not None else os.fstat(h.data_fd).st_size
+            off = h.vnode.size if h.vnode is not None else _direct(h).size()
         if self.tmpfs is not None and h.vnode is not None:
             err = self.tmpfs.reserve(h.vnode, off, len(buf))
             if err:
@@ -596,7 +596,7 @@ class Operations(pyfuse3.Operations):
             if err:
                 raise _fail(err)
             return n
-        err, n = await self.engine.io.writev(h.data_fd, [memoryview(buf)], off)
+        err, n = await _direct(h).write(off, buf)
         if err:
             raise _fail(err)
         return n
@@ -632,7 +632,7 @@ class Operations(pyfuse3.Operations):
         if h.vnode is not None:
             err = await self.engine.fsync(h.vnode)
         else:
-            err = await self.engine.io.fsync(h.data_fd, datasync)
+            err = await _direct(h).fsync(datasync)
         if err:
             raise _fail(err)
 
@@ -642,7 +642,7 @@ class Operations(pyfuse3.Operations):
         if h.vnode is not None:
             err = await self.engine.fallocate(h.vnode, mode, offset, length)
         else:
-            err = await self.engine.io.fallocate(h.data_fd, mode, offset, length)
+            err = await _direct(h).fallocate(mode, offset, length)
         if err:
             raise _fail(err)
 
@@ -656,9 +656,8 @@ class Operations(pyfuse3.Operations):
         h = self.handles.pop(fh, None)
         if h is None:
             return
-        if h.data_fd >= 0:
-            self.engine.io.forget(h.data_fd)
-            os.close(h.data_fd)
+        if h.direct is not None:
+            h.direct.close()
         h.inode.opens -= 1
         self._drop_if_unused(h.inode)
         if h.vnode is not None:
@@ -727,11 +726,7 @@ class Operations(pyfuse3.Operations):
         if self.backing is None:
             return  # a tmpfs directory is as durable as it will ever be
         dfd = self.backing.open_dir(_backing_inode(d[0]))
-        try:
-            err = await self.engine.io.fsync(dfd, datasync)
-        finally:
-            self.engine.io.forget(dfd)
-            os.close(dfd)
+        err = await fsync_fd(self.engine.io, dfd, datasync)
         if err:
             raise _fail(err)
 
@@ -887,3 +882,9 @@ def _backing_inode(inode: Node) -> Inode:
     if not isinstance(inode, Inode):
         raise TypeError(f"{inode.label} is not a backing inode")
     return inode
+
+
+def _direct(h: Handle) -> DirectFile:
+    if h.direct is None:
+        raise _fail(errno.EBADF)  # neither a vnode nor a backing file: cannot happen
+    return h.direct
