@@ -11,8 +11,9 @@ owner records for a slot whose I/O failed).  ``SlotMap`` hands out runs of conti
 in O(log n) (a segment tree over 64-slot words that keeps, per node, the free run at each
 end and the longest one inside: kernel, the blist of later NetBSD).
 
-A swap-backed page (an aobj's page here; anons come with the processes) is in one of these
-states, which ``ubcfs check`` proves (invariants 12-14):
+A swap-backed page (an aobj's page, or an anon's: its owner records the slot, per page
+index in the aobj's ``swslots``, in the anon's ``swslot``) is in one of these states, which
+``ubcfs check`` proves (invariants 12-14):
 
 ==========================  ==============================================================
 resident, dirty             PG_CLEAN clear; its owner records no slot
@@ -31,9 +32,10 @@ of a scan (``flush``), is written with one ``pwritev`` in an I/O thread, asynchr
 only in swap); on failure it stays resident, dirty and active, and its slot is freed
 (ENOMEM: transient) or marked bad (any other errno: never reused).
 
-Swap-in (``read_slots``, called by the aobj pager's getpages): one ``preadv`` per run of
-contiguous slots, with the RWF_NOWAIT-first rule of ``BackingIO``; the slot is kept, so the
-page comes in clean.  A failed read marks the slot bad, and the fault fails with EIO.
+Swap-in (``read_slots``, called by the aobj pager's getpages; ``anon_swapin`` for an anon,
+as uvmfault_anonget does it): one ``preadv`` per run of contiguous slots, with the
+RWF_NOWAIT-first rule of ``BackingIO``; the slot is kept, so the page comes in clean.  A
+failed read marks the slot bad, and the fault fails with EIO.
 
 Swap-backed pages never use PG_RELEASED (seed): an aobj has no count of writes in flight,
 so whoever frees a page under swap-out sleeps until it is unbusied, and only then frees its
@@ -60,10 +62,12 @@ from ubcfs.vm.page import (
     PG_CLEAN,
     PG_FAKE,
     PG_PAGEOUT,
+    PG_RDONLY,
     PQ_AOBJ,
     VmPage,
     page_unbusy,
     pageactivate,
+    pagealloc,
     pagebusy,
     pagedequeue,
     pagefree,
@@ -74,6 +78,7 @@ from ubcfs.vm.pmap import pmap_clear_modify, pmap_is_modified, pmap_page_protect
 
 if TYPE_CHECKING:
     from pagers.backing_io import BackingIO
+    from ubcfs.vm.anon import VmAnon
     from ubcfs.vm.uvm import Uvm
 
 log = logging.getLogger(__name__)
@@ -376,20 +381,35 @@ class Swap:
     def _owner(self, pg: VmPage) -> tuple[Aobj, int]:
         uobj = pg.uobject
         if uobj is None or not pg.pqflags & PQ_AOBJ or not isinstance(uobj.pgops, Aobj):
-            panic(f"swap: {pg!r} is not an aobj page (anons come with the processes)")
+            panic(f"swap: {pg!r} is not an aobj page")
         return uobj.pgops, pg.offset >> self.uvm.page_shift
 
+    def _slot_of(self, pg: VmPage) -> int:
+        """The slot the owner of a swap-backed page records for it (0: none)."""
+        anon = pg.uanon
+        if anon is not None:
+            return anon.swslot
+        aobj, idx = self._owner(pg)
+        return aobj.find_swslot(idx)
+
+    def _set_slot(self, pg: VmPage, slot: int) -> None:
+        """Record ``slot`` (0: none) for a swap-backed page; frees nothing."""
+        anon = pg.uanon
+        if anon is not None:
+            anon.swslot = slot
+            anon.swap = self if slot else None
+            return
+        aobj, idx = self._owner(pg)
+        aobj.set_swslot(idx, slot)
+
     def pageout(self, pg: VmPage) -> int:
-        if not pg.pqflags & PQ_AOBJ:
-            return SWAP_KEEP  # an anon's page: anons get slots with the processes issue
         uvm = self.uvm
         exp = uvm.uvmexp
-        aobj, idx = self._owner(pg)
         pmap_page_protect(uvm, pg, 0)
         if pmap_is_modified(pg):
             pagemarkdirty(pg)  # written through a mapping: its slot is stale (dropped)
         elif pg.flags & PG_CLEAN:
-            if aobj.find_swslot(idx) <= 0:
+            if self._slot_of(pg) <= 0:
                 panic(f"swap pageout: clean swap-backed {pg!r} has no slot (PR 7578)")
             pagefree(uvm, pg)
             exp.swpgonly += 1  # only its slot holds it now
@@ -403,7 +423,7 @@ class Swap:
                 return SWAP_KEEP
             self.cl_start, self.cl_n = start, n
         slot = self.cl_start + len(self.cl_pages)
-        aobj.set_swslot(idx, slot)
+        self._set_slot(pg, slot)
         pagebusy(uvm, pg, "swapout")
         pmap_clear_modify(pg)
         pg.flags |= PG_PAGEOUT | PG_CLEAN
@@ -465,7 +485,6 @@ class Swap:
             )
         for i, pg in enumerate(buf.pages):
             slot = buf.offset + i
-            aobj, idx = self._owner(pg)
             pg.flags &= ~PG_PAGEOUT
             exp.paging -= 1
             if not err:
@@ -475,8 +494,8 @@ class Swap:
                 exp.swapouts += 1
                 exp.pdfreed += 1
                 continue
-            if aobj.find_swslot(idx) == slot:
-                aobj.set_swslot(idx, 0)
+            if self._slot_of(pg) == slot:
+                self._set_slot(pg, 0)
             if err == errno.ENOMEM:
                 self.free(slot)
             else:
@@ -488,16 +507,22 @@ class Swap:
     # --- dirtying and shortage --------------------------------------------------------
 
     def dirtied(self, pg: VmPage) -> None:
+        anon = pg.uanon
+        if anon is not None:
+            if anon.swslot > 0:
+                self.free(anon.swslot)
+                anon.swslot = 0
+                anon.swap = None
+            return
         if not pg.pqflags & PQ_AOBJ:
             return
         aobj, idx = self._owner(pg)
         aobj.drop_resident_swslot(idx)
 
     def drop_slot(self, pg: VmPage) -> bool:
-        if not pg.pqflags & PQ_AOBJ:
+        if pg.uanon is None and not pg.pqflags & PQ_AOBJ:
             return False
-        aobj, idx = self._owner(pg)
-        if aobj.find_swslot(idx) <= 0:
+        if self._slot_of(pg) <= 0:
             return False
         pagemarkdirty(pg)  # PG_CLEAN first, then the slot (PR 7578): dirtied frees it
         return True
@@ -526,6 +551,40 @@ class Swap:
         else:
             exp.swapins += len(pages)
         return err
+
+    async def anon_swapin(self, anon: VmAnon) -> tuple[int, VmPage | None]:
+        """Bring in an anon whose only copy is in swap (kernel: the swap-in half of
+        uvmfault_anonget).
+
+        Returns:
+            (0, page): the page, busy and owned by the caller, clean (its slot keeps the
+            data), on no paging queue; (EIO, None): the read failed, the slot is marked
+            bad and the anon records SWSLOT_BAD (its data is lost, scenario 22); (ENOMEM,
+            None): no page now (the caller waits for memory and tries again).
+
+        => the anon has no page and a good slot; the caller holds no anon lock (it is taken
+           around the allocation, dropped across the read, as NetBSD unlocks for I/O).
+        => may sleep (the read).
+        """
+        slot = anon.swslot
+        if anon.page is not None or slot <= 0:
+            panic(f"anon_swapin: {anon!r} is resident or has no good slot")
+        uvm = self.uvm
+        with anon.lock:
+            pg = pagealloc(uvm, None, 0, anon)
+        if pg is None:
+            return errno.ENOMEM, None
+        err = await self.read_slots(slot, [pg])
+        exp = uvm.uvmexp
+        exp.swpgonly -= 1  # in memory now, or lost
+        if err:
+            self.markbad(slot)
+            anon.swslot = SWSLOT_BAD
+            pagefree(uvm, pg)  # busy, ours, never mapped
+            return errno.EIO, None
+        pg.flags &= ~(PG_FAKE | PG_RDONLY)
+        pmap_clear_modify(pg)
+        return 0, pg
 
     # --- audit (invariants 12-14) -----------------------------------------------------
 
@@ -561,6 +620,7 @@ class Swap:
                 idx = pg.offset >> uvm.page_shift
                 if pg.flags & PG_CLEAN and not pg.flags & PG_BUSY and aobj.find_swslot(idx) <= 0:
                     out.append(f"[12] clean swap-backed {pg!r} without a valid slot")
+        onlyswap += self._audit_anons(owned, out)
         cluster = set(range(self.cl_start, self.cl_start + self.cl_n)) if self.cl_n else set()
         for pos in self.slots.used_positions():
             s = pos + 1
@@ -575,3 +635,39 @@ class Swap:
         if uvm.uvmexp.swpgonly != onlyswap:
             out.append(f"[14] swpgonly {uvm.uvmexp.swpgonly} != {onlyswap} slots only in swap")
         return out
+
+    def _audit_anons(self, owned: dict[int, str], out: list[str]) -> int:
+        """The slots of the anons of every amap (each anon once): as for aobj pages.
+        Returns how many of them hold the only copy of their page."""
+        seen: set[int] = set()
+        onlyswap = 0
+        for amap in self.uvm.amaps:
+            for anon in amap.anons.values():
+                if id(anon) in seen:
+                    continue
+                seen.add(id(anon))
+                slot, pg = anon.swslot, anon.page
+                if slot == SWSLOT_BAD:
+                    if pg is not None:
+                        out.append(f"[14] {anon!r}: resident with a bad slot")
+                    continue
+                clean = pg is not None and pg.flags & PG_CLEAN and not pg.flags & PG_BUSY
+                if clean and slot <= 0:
+                    out.append(f"[12] clean swap-backed {pg!r} without a valid slot")
+                if slot == 0:
+                    continue
+                if slot < 0 or slot > self.nslots:
+                    out.append(f"[14] {anon!r}: slot {slot} out of range")
+                    continue
+                if slot in owned:
+                    out.append(f"[14] slot {slot} owned by {owned[slot]} and {anon!r}")
+                owned[slot] = repr(anon)
+                if slot in self.bad:
+                    out.append(f"[14] {anon!r} records bad slot {slot}")
+                elif not self.slots.is_used(slot - 1):
+                    out.append(f"[14] {anon!r}: slot {slot} is free in the map")
+                if pg is None or pg.flags & PG_FAKE:
+                    onlyswap += 1
+                elif not pg.flags & PG_CLEAN:
+                    out.append(f"[13] dirty {pg!r} holds slot {slot}")
+        return onlyswap

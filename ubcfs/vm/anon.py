@@ -19,6 +19,7 @@ from ubcfs.vm.pmap import pmap_page_protect
 
 if TYPE_CHECKING:
     from ubcfs.vm.page import VmPage
+    from ubcfs.vm.pager import SwapPager
     from ubcfs.vm.uvm import Uvm
 
 
@@ -29,15 +30,18 @@ class VmAnon:
         ref: number of amap slots referencing it (kernel: an_ref).
         page: the resident page, or None (kernel: an_page).
         swslot: the swap slot holding a copy, or 0 (kernel: an_swslot).
+        swap: the swap pager that gave ``swslot`` (so that dirtying the page, which knows
+            no machine, can give the slot back), or None.
         lock: the anon lock.
     """
 
-    __slots__ = ("lock", "page", "ref", "swslot")
+    __slots__ = ("lock", "page", "ref", "swap", "swslot")
 
     def __init__(self) -> None:
         self.ref = 1
         self.page: VmPage | None = None
         self.swslot = 0
+        self.swap: SwapPager | None = None
         self.lock = SimpleLock("anon")
 
     def __repr__(self) -> str:

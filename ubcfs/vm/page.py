@@ -380,6 +380,10 @@ def pagemarkdirty(pg: VmPage) -> None:
             swap = uobj.uvm.swap
             if swap is not None:
                 swap.dirtied(pg)
+        return
+    anon = pg.uanon
+    if anon is not None and anon.swslot > 0 and anon.swap is not None:
+        anon.swap.dirtied(pg)
 
 
 def pagefree(uvm: Uvm, pg: VmPage) -> None:

@@ -20,7 +20,19 @@ from pagers.backing_io import FaultInjector, IOKind
 from pagers.swap import SlotMap, Swap
 from tests.unit.engine.enginetools import GatedIO, pattern
 from tests.unit.pagers.swaptools import PAGE, Rig, deactivate_all, evict, rig, scan_short
-from ubcfs.vm.page import PG_BUSY, PG_CLEAN, PG_PAGEOUT, PQ_ACTIVE, is_dirty
+from tests.vmtools import alloc_anon, settle
+from ubcfs.vm.amap import VmAmap, amap_add, amap_alloc, amap_unref
+from ubcfs.vm.anon import VmAnon
+from ubcfs.vm.page import (
+    PG_BUSY,
+    PG_CLEAN,
+    PG_PAGEOUT,
+    PQ_ACTIVE,
+    is_dirty,
+    page_unbusy,
+    pageactivate,
+    pagemarkdirty,
+)
 from ubcfs.vm.pager import PGO_FREE, SWAP_FREED, SWAP_STARTED
 from ubcfs.vm.pdaemon import NUMDIRTYREACTS
 from ubcfs.vm.uvm import Uvm
@@ -450,4 +462,105 @@ async def test_aobj_data_beyond_memory_and_swap_gets_enospc_not_a_hang(
         r.sound()
         await a.destroy()
         assert r.uvm.uvmexp.swpgonly == 0
+        r.sound()
+
+
+# --- anons: the same pager for the pages of amaps ---------------------------------------
+
+
+def _anons(r: Rig, n: int, seed: int) -> tuple[VmAmap, list[VmAnon], list[bytes]]:
+    """``n`` anons in an amap, each page filled with its own pattern, dirty, inactive."""
+    amap = amap_alloc(r.uvm, n)
+    anons: list[VmAnon] = []
+    datas: list[bytes] = []
+    for i in range(n):
+        anon, pg = alloc_anon(r.uvm)
+        data = pattern(seed + i, PAGE)
+        r.uvm.frame(pg)[:] = data
+        pg.flags &= ~PG_CLEAN  # filled: no slot holds it
+        settle(r.uvm, pg)
+        with amap.lock:
+            amap_add(amap, i, anon)
+        anons.append(anon)
+        datas.append(data)
+    return amap, anons, datas
+
+
+async def _swapin(r: Rig, anon: VmAnon) -> tuple[int, bytes]:
+    err, pg = await r.swap.anon_swapin(anon)
+    if err:
+        return err, b""
+    assert pg is not None
+    data = bytes(r.uvm.frame(pg))
+    pageactivate(r.uvm, pg)
+    page_unbusy(r.uvm, pg)
+    return 0, data
+
+
+async def test_anon_pages_go_to_swap_and_come_back(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        amap, anons, datas = _anons(r, 12, 40)
+        await evict(r)
+        assert all(a.page is None and a.swslot > 0 for a in anons)
+        exp = r.uvm.uvmexp
+        assert exp.swpgonly == 12
+        r.sound()
+        for anon, data in zip(anons, datas, strict=True):
+            assert await _swapin(r, anon) == (0, data)
+            assert anon.page is not None
+            assert anon.page.flags & PG_CLEAN  # its slot still holds it
+        assert exp.swpgonly == 0
+        r.sound()
+        # Dirtied again, an anon page gives its slot up (PR 7578); a clean one is freed
+        # at the next pageout without a write.
+        pg0 = anons[0].page
+        assert pg0 is not None
+        pagemarkdirty(pg0)
+        assert anons[0].swslot == 0
+        assert r.swap.inuse == 11
+        pg1 = anons[1].page
+        assert pg1 is not None
+        assert r.swap.pageout(pg1) == SWAP_FREED
+        assert anons[1].page is None
+        r.sound()
+        await amap_unref(r.uvm, amap)  # frees every anon: pages and slots
+        assert r.swap.inuse == 0
+        assert exp.swpgonly == 0
+        r.sound()
+
+
+async def test_a_failed_anon_swapin_marks_the_slot_bad_and_loses_only_that_anon(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        amap, anons, datas = _anons(r, 4, 50)
+        await evict(r)
+        bad_slot = anons[0].swslot
+        r.io.injector.arm(IOKind.SWAP_READ, errno.EIO, 1)
+        assert await _swapin(r, anons[0]) == (errno.EIO, b"")
+        assert anons[0].swslot == SWSLOT_BAD
+        assert anons[0].page is None
+        assert bad_slot in r.swap.bad
+        assert await _swapin(r, anons[1]) == (0, datas[1])
+        r.sound()
+        await amap_unref(r.uvm, amap)
+        assert r.swap.inuse == 1  # the bad slot stays allocated, never reused
+        slot, _ = r.swap.alloc(1, lessok=False)
+        assert slot not in (0, bad_slot)
+        r.swap.free(slot)
+        r.sound()
+
+
+async def test_a_failed_anon_swapout_keeps_the_pages_dirty_in_memory(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        amap, anons, datas = _anons(r, 6, 60)
+        r.io.injector.arm(IOKind.SWAP_WRITE, errno.EIO, 100)
+        await evict(r)
+        assert all(a.page is not None and a.swslot == 0 for a in anons)
+        assert all(is_dirty(a.page) for a in anons if a.page is not None)
+        assert [bytes(r.uvm.frame(a.page)) for a in anons if a.page is not None] == datas
+        assert r.uvm.uvmexp.swap_write_errors >= 1
+        r.sound()
+        r.io.injector.arm(IOKind.SWAP_WRITE, errno.EIO, 0)  # disarmed
+        await amap_unref(r.uvm, amap)
         r.sound()
