@@ -88,7 +88,8 @@ BAD_SIZES = [
     ("--page-size", "256", "not a power of two"),
     ("--page-size", "128K", "not a power of two"),
     ("--swap", "lots", "invalid size"),
-    ("--swap", "0", "must be positive"),
+    ("--swap", "-1", "invalid size"),
+    ("--swap", "00x", "invalid size"),
 ]
 
 
@@ -245,7 +246,7 @@ def test_mountpoint_already_mounted(mounted: Mounted, tmp_path: Path) -> None:
 def test_bad_inject_arguments(mounted: Mounted) -> None:
     cases: list[tuple[list[str], str]] = [
         (["bogus-kind", "EIO", "1"], "invalid choice"),
-        (["swap-write", "EIO", "1"], "invalid choice"),
+        (["swap-bogus", "EIO", "1"], "invalid choice"),
         (["backing-write", "EBOGUS", "1"], "unknown errno"),
         (["backing-write", "NOPE", "1"], "unknown errno"),
         (["backing-write", "99999", "1"], "not an errno"),
@@ -265,15 +266,22 @@ def test_bad_inject_arguments(mounted: Mounted) -> None:
 
 @pytest.mark.fuse
 def test_inject_arms_and_disarms(mounted: Mounted) -> None:
-    for kind, err in (("backing-read", "eio"), ("backing-write", "28"), ("backing-fsync", "EIO")):
+    armed = (
+        ("backing-read", "eio"),
+        ("backing-write", "28"),
+        ("backing-fsync", "EIO"),
+        ("swap-read", "EIO"),
+    )
+    for kind, err in armed:
         r = mounted.ctl("inject", kind, err, "3")
         assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     assert mounted.ping()["injected"] == {
         "backing-read": {"errno": "EIO", "count": 3},
         "backing-write": {"errno": "ENOSPC", "count": 3},
         "backing-fsync": {"errno": "EIO", "count": 3},
+        "swap-read": {"errno": "EIO", "count": 3},
     }
-    for kind in ("backing-read", "backing-write", "backing-fsync"):
+    for kind, _ in armed:
         assert mounted.ctl("inject", kind, "EIO", "0").returncode == 0
     assert mounted.ping()["injected"] == {}
     mounted.assert_healthy()

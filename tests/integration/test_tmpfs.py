@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -239,3 +242,24 @@ def test_mount_options_that_do_not_go_together(mounter: Mounter, tmp_path: Path)
         assert why in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 1, r.stderr
         assert not is_mounted(mnt)
+
+
+def test_tmpfs_benchmark_quick(tmp_path: Path) -> None:
+    """benchmarks/tmpfs_mount.py runs, reports every target and leaves no mount behind."""
+    if os.geteuid() != 0:
+        pytest.skip("the benchmark mounts a Linux tmpfs: root only")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tmpfs_mount.py"
+    out = tmp_path / "out.json"
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--memory", "4M", "--dir", str(tmp_path),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "swap-in (ubcfs-tmpfs read 8x) / raw read" in r.stdout
+    got = json.loads(out.read_text())
+    assert set(got["median"]) == {"ubcfs-tmpfs", "linux-tmpfs", "ubcfs-backing"}
+    assert all(v > 0 for t in got["median"].values() for v in t.values())
+    assert got["counters"]["swapins"] > 0
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    assert not [line for line in mounts if str(tmp_path) in line]
