@@ -2,7 +2,9 @@
 
 Targets: ``ubcfs-tmpfs`` (``ubcfs mount --tmpfs --memory M --swap 10M``, so data beyond
 memory goes to its swap file), ``linux-tmpfs`` (``mount -t tmpfs``: the kernel's, all in
-RAM) and ``ubcfs-backing`` (``ubcfs mount --backing DIR --memory M``).  Each runs the same
+RAM), ``ubcfs-backing`` (``ubcfs mount --backing DIR --memory M``) and ``null``
+(``nullfs.py``: a pyfuse3 daemon with direct_io that does no data work -- the FUSE
+transport's ceiling, which no daemon on it can pass).  Each runs the same
 jobs at data sizes 1x and 8x the simulated memory: a sequential write in 1 MiB ``write()``
 calls then ``fsync``, and a sequential read of the same file in 1 MiB reads (for the
 backing mount with the host caches dropped first; for the ubcfs tmpfs at 8x most of it
@@ -37,7 +39,9 @@ from typing import Any
 from ubcfs.options import UsageError, parse_size
 
 UBCFS = os.path.join(os.path.dirname(sys.executable), "ubcfs")
-TARGETS = ("ubcfs-tmpfs", "linux-tmpfs", "ubcfs-backing")
+TARGETS = ("ubcfs-tmpfs", "linux-tmpfs", "ubcfs-backing", "null")
+NULLFS = Path(__file__).resolve().parent / "nullfs.py"
+MOUNT_TIMEOUT = 30.0
 MIB = 1 << 20
 SWAP_TARGET = 0.5
 
@@ -94,12 +98,28 @@ class Target:
         self.memory = memory
         self.swap = swap
         self.counters: dict[str, Any] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def mount(self) -> None:
         self.mnt.mkdir(parents=True, exist_ok=True)
         mem = str(self.memory)
         if self.name == "linux-tmpfs":
             run("mount", "-t", "tmpfs", "-o", f"size={self.memory * 10}", "tmpfs", str(self.mnt))
+        elif self.name == "null":
+            store = self.root / self.name / "store"
+            store.mkdir(exist_ok=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(NULLFS), str(store), str(self.mnt)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while not os.path.ismount(self.mnt):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise FailureError("nullfs did not mount")
+                time.sleep(0.02)
         elif self.name == "ubcfs-tmpfs":
             swap_file = str(self.root / self.name / "swap")
             run(UBCFS, "mount", str(self.mnt), "--tmpfs", "--memory", mem,
@@ -120,12 +140,19 @@ class Target:
             return
         if self.name == "linux-tmpfs":
             run("umount", str(self.mnt))
+        elif self.name == "null":
+            run("fusermount3", "-u", str(self.mnt))
+            if self.proc is not None:
+                self.proc.wait(MOUNT_TIMEOUT)
         else:
             run(UBCFS, "umount", str(self.mnt))
 
     def force_umount(self) -> None:
         if os.path.ismount(self.mnt):
             subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(MOUNT_TIMEOUT)
 
 
 def bench(t: Target, sizes: dict[str, int], chunk: bytes) -> dict[str, float]:
@@ -222,6 +249,8 @@ def report(
     for j in jobs:
         print(f"{j:<10}" + "".join(f"{med[t][j]:>15.1f}" for t in TARGETS))
     print(f"raw cold read of the swap file's disk, 8x: {raw:.1f} MB/s")
+    ceiling = statistics.median(r["null"]["read 8x"] / r["raw"]["read 8x"] for r in per_round)
+    print(f"the FUSE transport's ceiling (null read 8x) / raw read: {ceiling:.2f}x")
     verdict = "PASS" if swap_ratio >= SWAP_TARGET else "MISS"
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
     print(
@@ -242,6 +271,7 @@ def report(
                     "median": med,
                     "raw_read_8x": raw,
                     "swapin_ratio": swap_ratio,
+                    "null_ratio": ceiling,
                     "counters": moved,
                 },
                 indent=1,
