@@ -187,7 +187,6 @@ class Daemon:
         try:
             reason = _mount(self.ops, opts.mountpoint, fuse_options(fsname, opts.allow_other))
             if reason is not None:
-                self._close_swap()
                 return self.ready.fail(f"cannot mount on {opts.mountpoint}: {reason}")
             try:
                 return trio.run(self._run)

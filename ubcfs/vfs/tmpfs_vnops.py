@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from pagers.aobj import Aobj
 from ubcfs.vfs import vnops
 from ubcfs.vfs.vcache import VS
 
@@ -109,7 +108,7 @@ class TmpfsFiles:
         if vp.usecount:
             log.error("%s: destroyed with %d uses; freed later", vp.name, vp.usecount)
         vp.set_state(VS.RECLAIMING)
-        aobj = _aobj(vp)
+        aobj = vnops.vnode_aobj(vp)
         vp.size = vp.writesize = 0
         vp.uobj.generation += 1
         self.engine.ubc.purge(vp.uobj)  # idle windows only: a window in use holds a use
@@ -134,7 +133,7 @@ class TmpfsFiles:
         while self.doomed:
             vp = self.doomed[0]
             await vnops.vop_discard(self.engine.ubc, vp)
-            await _aobj(vp).destroy()
+            await vnops.vnode_aobj(vp).destroy()
             self.doomed.remove(vp)
             vp.set_state(VS.RECLAIMED)
             self.destroyed_later += 1
@@ -184,7 +183,7 @@ class TmpfsFiles:
         uvm = self.engine.uvm
         shift = uvm.page_shift
         pages = vp.uobj.pages
-        aobj = _aobj(vp)
+        aobj = vnops.vnode_aobj(vp)
         first, last = offset >> shift, (offset + length - 1) >> shift
         room = self.limit() - self.used()
         if last - first + 1 <= room:
@@ -235,10 +234,3 @@ class TmpfsFiles:
             if node.data is not None and self.vnodes.get(ino) is not node.data:
                 out.append(f"tmpfs node {node.label}: holds a vnode the data layer lost")
         return out
-
-
-def _aobj(vp: Vnode) -> Aobj:
-    ops = vp.uobj.pgops
-    if not isinstance(ops, Aobj):
-        raise TypeError(f"{vp.name}: a tmpfs vnode whose object is not an aobj")
-    return ops

@@ -560,12 +560,12 @@ class AobjVops:
     """
 
     async def putpages(self, vp: Vnode, start: int, end: int, flags: int) -> int:
-        return await _aobj(vp).put(vp.uobj, start, end, flags)
+        return await vnode_aobj(vp).put(vp.uobj, start, end, flags)
 
     def stored(self, vp: Vnode, offset: int) -> bool:
         """A last page that is only in swap still holds the bytes past the new EOF: the
         truncation zeroes them (swapping the page in), or an extension would show them."""
-        return _aobj(vp).find_swslot(offset >> vp.uvm.page_shift) != 0
+        return vnode_aobj(vp).find_swslot(offset >> vp.uvm.page_shift) != 0
 
     async def truncate(self, vp: Vnode, size: int) -> int:
         return 0
@@ -607,7 +607,8 @@ class AobjVops:
         return 0
 
 
-def _aobj(vp: Vnode) -> Aobj:
+def vnode_aobj(vp: Vnode) -> Aobj:
+    """The aobj whose object a tmpfs vnode's data is.  Raises: TypeError for another."""
     ops = vp.uobj.pgops
     if not isinstance(ops, Aobj):
         raise TypeError(f"{vp.name}: a tmpfs vnode whose object is not an aobj")

@@ -18,6 +18,7 @@ import trio
 
 from pagers.aobj import Aobj
 from tests.unit.pagers.swaptools import deactivate_all
+from ubcfs.vfs import vnops
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.tmpfs import TmpfsNamespace, TmpfsNode
 from ubcfs.vfs.tmpfs_vnops import TmpfsFiles
@@ -41,9 +42,7 @@ class Tmpfs:
         return node, self.files.vget(node)
 
     def aobj(self, vp: Vnode) -> Aobj:
-        ops = vp.uobj.pgops
-        assert isinstance(ops, Aobj)
-        return ops
+        return vnops.vnode_aobj(vp)
 
     def sound(self) -> None:
         bad = audit.audit(self.eng.uvm) + self.eng.ubc.audit() + self.ns.audit()
