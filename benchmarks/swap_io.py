@@ -1,12 +1,14 @@
 """Throughput of anonymous memory through the swap pager, in process (no FUSE).
 
-Run: ``.venv/bin/python benchmarks/swap_io.py [--memory SIZE] [--quick] [--dir DIR]``
+Run: ``.venv/bin/python benchmarks/swap_io.py [--memory SIZE] [--page-size SIZE] [--quick]
+[--dir DIR]``
 
-One machine (``--memory``, default 16M, 4 KiB pages) with swap of 10x memory in ``--dir``
-(default ``$TMPDIR``), one UBC window pool, and an aobj.  For data of 1x and 8x memory, in
-one run: write it sequentially through the UBC in 1 MiB requests (the pagedaemon swaps out
-what does not fit), push every page out, then read it all back sequentially in 1 MiB
-requests (every page a swap-in, with the swap pager's read-ahead of contiguous slots).
+One machine (``--memory``, default 16M; ``--page-size``, default 4 KiB) with swap of 10x
+memory in ``--dir`` (default ``$TMPDIR``), one UBC window pool, and an aobj.  For data of
+1x and 8x memory, in one run: write it sequentially through the UBC in 1 MiB requests (the
+pagedaemon swaps out what does not fit), push every page out, then read it all back
+sequentially in 1 MiB requests (every page a swap-in, with the swap pager's read-ahead of
+contiguous slots).
 Next to each, in the same run, on the same file system: ``os.preadv`` of the same number
 of bytes of the swap file in 1 MiB requests on the trio thread (the raw sequential read the
 issue compares swap-in with).  Before each of the two reads the swap file is fsynced and
@@ -45,7 +47,6 @@ from ubcfs.vm.pmap import pmap_clear_reference
 from ubcfs.vm.ubc import UBC_FAULTBUSY, Ubc, Uio
 from ubcfs.vm.uvm import Uvm
 
-PAGE = 4096
 CHUNK = 1 << 20
 
 
@@ -72,8 +73,8 @@ async def _evict_all(uvm: Uvm, ubc: Ubc, daemon: Pagedaemon, aio: Aio) -> None:
             break
 
 
-async def run_size(memory: int, size: int, workdir: str) -> dict[str, float]:
-    uvm = Uvm(memory, PAGE, populate=True)
+async def run_size(memory: int, page_size: int, size: int, workdir: str) -> dict[str, float]:
+    uvm = Uvm(memory, page_size, populate=True)
     io = BackingIO()
     swap = Swap(uvm, os.path.join(workdir, "swap"), max(10 * memory, size + memory), io)
     swap.attach()
@@ -160,17 +161,21 @@ def shm_baseline(size: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--memory", default="16M", help="simulated memory (default 16M)")
+    p.add_argument("--page-size", default="4K", help="simulated page size (default 4K)")
     p.add_argument("--quick", action="store_true", help="4M of memory, for the smoke test")
     p.add_argument("--dir", default=None, help="where the swap file goes (default $TMPDIR)")
     ns = p.parse_args(argv)
     try:
         memory = parse_size("4M" if ns.quick else ns.memory, "--memory")
+        page_size = parse_size(ns.page_size, "--page-size")
     except UsageError as e:
         p.error(str(e))
+    if page_size < 4096 or page_size > 1 << 16 or page_size & (page_size - 1):
+        p.error("--page-size must be a power of two from 4K to 64K")
     if memory < 1 << 20 or memory % CHUNK:
         p.error("--memory must be a whole number of MiB, at least 1M")
     core = native.status()["core"]
-    print(f"swap_io: memory {memory >> 20} MiB, 4 KiB pages, {core} core")
+    print(f"swap_io: memory {memory >> 20} MiB, {page_size >> 10} KiB pages, {core} core")
     print(
         f"{'data':>8} {'write':>9} {'swapin':>9} {'raw read':>9} {'ratio':>6}"
         f" {'shm wr':>8} {'shm rd':>8}  (MB/s)"
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=ns.dir, prefix="ubcfs-swapio-") as workdir:
         for mult in (1, 8):
             size = mult * memory
-            r = trio.run(run_size, memory, size, workdir)
+            r = trio.run(run_size, memory, page_size, size, workdir)
             shm = shm_baseline(size)
             ratio = r["swapin"] / r["raw_read"]
             verdict = "PASS" if ratio >= 0.5 else "MISS"
@@ -186,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{mult:>7}x {r['write']:9.0f} {r['swapin']:9.0f}"
                 f" {r['raw_read']:9.0f} {ratio:6.2f} {shm.get('write', 0):8.0f}"
                 f" {shm.get('read', 0):8.0f}  swap-in {verdict} (>= 0.5x raw),"
-                f" {r['swapin_pages'] / max(1, r['swapin_ios']):.1f} pages per read"
+                f" {r['swapin_pages'] / max(1, r['swapin_ios']):.1f} pages per read,"
+                f" {page_size / r['swapin']:.2f} µs per page"
             )
     return 0
 
