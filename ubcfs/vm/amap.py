@@ -49,11 +49,14 @@ class VmAmap:
         nslot: page slots (the size of the map entry it belongs to).
         anons: slot -> anon, for the slots that have one (kernel: am_anon).
         ref: map entries referencing it (kernel: am_ref).
+        ppref: per slot, how many of those references cover it, once references cover
+            parts of the amap (a clipped entry, a partial share); None while every
+            reference covers every slot (kernel: am_ppref and PPREF_NONE).
         shared: shared on purpose by several entries (kernel: AMAP_SHARED).
         lock: the amap lock.
     """
 
-    __slots__ = ("anons", "lock", "nslot", "ref", "shared")
+    __slots__ = ("anons", "lock", "nslot", "ppref", "ref", "shared")
 
     def __init__(self, nslot: int) -> None:
         if nslot <= 0:
@@ -61,6 +64,7 @@ class VmAmap:
         self.nslot = nslot
         self.anons: dict[int, VmAnon] = {}
         self.ref = 1
+        self.ppref: list[int] | None = None
         self.shared = False
         self.lock = SimpleLock("amap")
 
@@ -108,22 +112,74 @@ def amap_unadd(amap: VmAmap, slot: int) -> VmAnon:
 
 
 def amap_ref(amap: VmAmap, shared: bool) -> None:
-    """One more map entry uses ``amap`` (kernel: amap_ref); ``shared``: on purpose."""
+    """One more map entry uses all of ``amap`` (kernel: amap_ref); ``shared``: on purpose."""
+    amap_ref_range(amap, 0, amap.nslot, shared)
+
+
+async def amap_unref(uvm: Uvm, amap: VmAmap) -> None:
+    """A map entry that used all of ``amap`` stops using it; the last one wipes it out
+    (kernel: amap_unref).  => may sleep (in ``amap_wipeout``)."""
+    await amap_unref_range(uvm, amap, 0, amap.nslot)
+
+
+def _pp_establish(amap: VmAmap) -> list[int]:
+    """Per-slot reference counts, made when references stop covering the whole amap
+    (kernel: amap_pp_establish)."""
+    if amap.ppref is None:
+        amap.ppref = [amap.ref] * amap.nslot
+    return amap.ppref
+
+
+def amap_splitref(amap: VmAmap) -> None:
+    """A map entry using ``amap`` is split in two, each half keeping its own slots (kernel:
+    amap_splitref): one more reference, no slot more referenced than before."""
+    _pp_establish(amap)
+    amap.ref += 1
+
+
+def amap_ref_range(amap: VmAmap, slot: int, n: int, shared: bool) -> None:
+    """One more map entry uses slots [slot, slot + n) of ``amap`` (kernel: amap_ref with
+    a range, as fork's sharing and ``uvm_map_extract`` do); ``shared``: on purpose."""
+    amap._slot(slot)
+    amap._slot(slot + n - 1)
+    if amap.ppref is not None or slot or n != amap.nslot:
+        pp = _pp_establish(amap)
+        for i in range(slot, slot + n):
+            pp[i] += 1
     amap.ref += 1
     if shared:
         amap.shared = True
 
 
-async def amap_unref(uvm: Uvm, amap: VmAmap) -> None:
-    """A map entry stops using ``amap``; the last one wipes it out (kernel: amap_unref).
-    => may sleep (in ``amap_wipeout``)."""
+async def amap_unref_range(uvm: Uvm, amap: VmAmap, slot: int, n: int) -> None:
+    """A map entry that used slots [slot, slot + n) of ``amap`` goes (kernel: amap_unref
+    with amap_pp_adjref): the anons of slots nobody references any more are let go; the
+    last reference wipes the amap out.  => may sleep (freeing anons)."""
     if amap.ref <= 0:
-        panic(f"amap_unref: {amap!r} has no reference left")
+        panic(f"amap_unref_range: {amap!r} has no reference left")
+    pp = amap.ppref
+    drop: list[int] = []
+    if pp is not None:
+        for i in range(slot, slot + n):
+            pp[i] -= 1
+            if pp[i] < 0:
+                panic(f"amap_unref_range: slot {i} of {amap!r} unreferenced twice")
+            if pp[i] == 0 and i in amap.anons:
+                drop.append(i)
     amap.ref -= 1
     if amap.ref == 0:
         await amap_wipeout(uvm, amap)
-    elif amap.ref == 1:
+        return
+    if amap.ref == 1:
         amap.shared = False
+    for i in drop:
+        with amap.lock:
+            anon = amap_unadd(amap, i)
+        with anon.lock:
+            anon.ref -= 1
+            last = anon.ref == 0
+        if last:
+            await anfree(uvm, anon)
 
 
 async def amap_wipeout(uvm: Uvm, amap: VmAmap) -> None:
@@ -143,15 +199,19 @@ async def amap_wipeout(uvm: Uvm, amap: VmAmap) -> None:
     uvm.amaps.discard(amap)
 
 
-def amap_copy(uvm: Uvm, amap: VmAmap) -> VmAmap:
-    """A private copy of ``amap`` for a copy-on-write entry: the same anons, each with one
-    more reference (kernel: amap_copy); the caller drops its reference to ``amap``."""
-    new = amap_alloc(uvm, amap.nslot)
+def amap_copy(uvm: Uvm, amap: VmAmap, slot: int = 0, n: int = -1) -> VmAmap:
+    """A private copy of slots [slot, slot + n) of ``amap`` (all of it by default) for a
+    copy-on-write entry: the same anons, each with one more reference (kernel: amap_copy);
+    the caller drops its reference to ``amap``."""
+    if n < 0:
+        n = amap.nslot - slot
+    new = amap_alloc(uvm, n)
     with amap.lock:
-        for slot, anon in amap.anons.items():
-            with anon.lock:
-                anon.ref += 1
-            new.anons[slot] = anon
+        for i, anon in amap.anons.items():
+            if slot <= i < slot + n:
+                with anon.lock:
+                    anon.ref += 1
+                new.anons[i - slot] = anon
     return new
 
 

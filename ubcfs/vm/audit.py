@@ -58,6 +58,7 @@ from ubcfs.vm.pmap import (
     MD_MODIFIED,
     PT_SHIFT,
     KRun,
+    Pte,
     pmap_entries,
     pmap_kentered,
     pmap_lookup,
@@ -83,7 +84,48 @@ def audit(uvm: Uvm) -> list[str]:
     if uvm.swap is not None:
         out.extend(uvm.swap.audit())  # invariants 12-14: slots and their owners
     _check_amaps(uvm, out)
+    _check_maps(uvm, out)
     return out
+
+
+def _check_maps(uvm: Uvm, out: list[str]) -> None:
+    """Rule 16: in a wired map entry every address that still has a translation has a
+    wired one (the others lost theirs to truncation: at most as many as the pmap has seen
+    wired mappings removed); a page's wire count covers the wired entries mapping it."""
+    shift = uvm.page_shift
+    wired_maps: dict[VmPage, int] = {}
+    missing = 0
+    for vm in uvm.maps:
+        if vm.pmap not in uvm.pmaps:
+            out.append(f"[16] {vm!r}: its pmap is not registered")
+        last = 0
+        for e in vm.entries:
+            if e.start < last or e.end <= e.start:
+                out.append(f"[16] {vm!r}: {e!r} overlaps or is empty")
+            last = e.end
+            if e.wired_count < 0:
+                out.append(f"[16] {vm!r}: {e!r} has a negative wiring count")
+            if not e.wired_count:
+                continue
+            for va in range(e.start, e.end, uvm.page_size):
+                pte = pmap_lookup(vm.pmap, va >> shift)
+                if pte is None:
+                    missing += 1
+                    continue
+                if not isinstance(pte, Pte) or pte.pg is None:
+                    out.append(f"[16] {vm!r}: kenter mapping at {va:#x} of a user map")
+                    continue
+                if not pte.wired:
+                    out.append(f"[16] {vm!r}: {va:#x} of wired {e!r} has an unwired PTE")
+                wired_maps[pte.pg] = wired_maps.get(pte.pg, 0) + 1
+    for pg, n in wired_maps.items():
+        if pg.wire_count < n:
+            out.append(f"[16] {pg!r}: wire count {pg.wire_count} < {n} wired mapping(s)")
+    if missing > uvm.uvmexp.pmap_wired_removed:
+        out.append(
+            f"[16] {missing} address(es) of wired entries have no translation, but only"
+            f" {uvm.uvmexp.pmap_wired_removed} wired mapping(s) were ever removed"
+        )
 
 
 def _check_amaps(uvm: Uvm, out: list[str]) -> None:

@@ -34,6 +34,7 @@ import trio
 from ubcfs.vm.diag import panic
 
 if TYPE_CHECKING:
+    from ubcfs.vm.anon import VmAnon
     from ubcfs.vm.object import UvmObject
     from ubcfs.vm.page import VmPage
     from ubcfs.vm.uvm import Uvm
@@ -110,6 +111,12 @@ class SwapPager(Protocol):
 
     def dirtied(self, pg: VmPage) -> None:
         """``pg`` (swap-backed) lost PG_CLEAN: its slot, if any, is stale and is freed."""
+        ...
+
+    async def anon_swapin(self, anon: VmAnon) -> tuple[int, VmPage | None]:
+        """Read in an anon whose only copy is in swap: (0, its page, busy and clean), (EIO,
+        None) when the slot cannot be read (marked bad), (ENOMEM, None) with no free page.
+        => may sleep."""
         ...
 
     def audit(self) -> list[str]:

@@ -129,7 +129,8 @@ class Uvmexp:
     swap_read_errors: int = 0  # failed swap-ins (the slot is marked bad, the fault fails)
     swap_alloc_fail: int = 0  # pageouts that found no free slot
     swap_shortage_drops: int = 0  # slots of resident pages freed by the active scan
-    cow_copies: int = 0  # pages copied to a new anon by amap_cow_now
+    cow_copies: int = 0  # pages copied to a new anon (amap_cow_now, a fault's COW or promotion)
+    fault_intrsafe: int = 0  # faults refused on an interrupt-safe map
     aobj_nomem: int = 0  # aobj allocations failed with ENOSPC: no memory and no swap room
 
     def as_dict(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from ubcfs.vm.wbfail import WbFailures
 
 if TYPE_CHECKING:
     from ubcfs.vm.amap import VmAmap
+    from ubcfs.vm.map import VmMap
     from ubcfs.vm.object import UvmObject
     from ubcfs.vm.pager import Aio, SwapPager
 
@@ -125,6 +126,7 @@ class Uvm:
         self.pmaps: set[Pmap] = set()
         self.objects: set[UvmObject] = set()
         self.amaps: set[VmAmap] = set()  # live amaps (amap_alloc / amap_wipeout), for audits
+        self.maps: set[VmMap] = set()  # process address spaces (uvmspace_alloc / _free)
         self.kernel_pmap = Pmap(self, "kernel", is_kernel=True)
         self.pmaps.add(self.kernel_pmap)
         self.page_waiters: dict[VmPage, trio.Event] = {}

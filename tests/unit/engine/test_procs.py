@@ -1,0 +1,430 @@
+"""Simulated processes on files of the engine: mmap (shared, private, anonymous), faults,
+copy-on-write, mlock/munlock with VM_FAULT_WIREMAX, vslock/vsunlock (physio), truncation of
+wired pages (the later unwire skips them), the PMAP_CANFAIL retry, interrupt-safe maps, and
+rule 16 of the audit (reference §7-8, §11 scenarios 1, 3, 13, 15, 21)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from tests.unit.engine.enginetools import (
+    PAGE,
+    assert_sound,
+    new_engine,
+    page_is_free,
+    pattern,
+)
+from ubcfs.vfs.engine import Engine
+from ubcfs.vfs.vnode import Vnode
+from ubcfs.vm import audit
+from ubcfs.vm.fault import VM_FAULT_NORMAL, uvm_fault
+from ubcfs.vm.map import VM_MAP_INTRSAFE, uvm_map_lookup_entry, uvmspace_alloc
+from ubcfs.vm.page import PG_BUSY
+from ubcfs.vm.param import Prot
+from ubcfs.vm.pmap import Pte, pmap_lookup
+from ubcfs.vm.proc import (
+    Proc,
+    ProcTable,
+    proc_load,
+    proc_store,
+    sys_mlock,
+    sys_mmap,
+    sys_mprotect,
+    sys_munlock,
+    sys_munmap,
+    vslock,
+    vsunlock,
+)
+
+RW = Prot.RW.value
+R = Prot.READ.value
+
+
+async def _file(eng: Engine, tmp_path: Path, data: bytes, name: str = "f") -> Vnode:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return await eng.open(str(path))
+
+
+def _mapmap(eng: Engine, procs: ProcTable) -> None:
+    """Every process map is also registered for the audit; the engine is sound."""
+    assert all(p.vm in eng.uvm.maps for p in procs.procs.values())
+    assert_sound(eng)
+
+
+def _pte(proc: Proc, va: int) -> Pte | None:
+    ent = pmap_lookup(proc.vm.pmap, va >> proc.vm.uvm.page_shift)
+    assert ent is None or isinstance(ent, Pte)
+    return ent
+
+
+async def test_shared_mapping_sees_reads_and_writes_of_the_file(tmp_path: Path) -> None:
+    """A store through a MAP_SHARED mapping is what read() returns (same frames), and a
+    write() is what the next load sees."""
+    data = pattern(1, 4 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        err, va = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        assert err == 0
+        assert await proc_load(p, va + PAGE, 16) == (0, data[PAGE : PAGE + 16])
+        assert await proc_store(p, va + 2 * PAGE + 5, b"hello") == 0
+        err, got = await eng.read(vp, 2 * PAGE, PAGE)
+        assert err == 0
+        assert bytes(got[5:10]) == b"hello"
+        assert await eng.write(vp, 3 * PAGE, b"W" * 8) == (0, 8)
+        assert await proc_load(p, va + 3 * PAGE, 8) == (0, b"W" * 8)
+        _mapmap(eng, procs)
+        assert await eng.fsync(vp) == 0
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+    got_file = (tmp_path / "f").read_bytes()
+    assert got_file[2 * PAGE + 5 : 2 * PAGE + 10] == b"hello"
+
+
+async def test_private_mapping_copies_on_write(tmp_path: Path) -> None:
+    """A store through a MAP_PRIVATE mapping promotes the page into an anon: the process
+    sees its store, the file and other processes do not; a shared reader is unaffected."""
+    data = pattern(2, 2 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        a, b = procs.proc_new(), procs.proc_new()
+        _, va = sys_mmap(a, 2 * PAGE, vp.uobj, 0, RW, private=True)
+        _, vb = sys_mmap(b, 2 * PAGE, vp.uobj, 0, R, private=False)
+        assert await proc_load(a, va, 4) == (0, data[:4])
+        pte = _pte(a, va)
+        assert pte is not None
+        assert not pte.prot & Prot.WRITE
+        copies = eng.uvm.uvmexp.cow_copies
+        assert await proc_store(a, va, b"PRIV") == 0
+        assert eng.uvm.uvmexp.cow_copies == copies + 1
+        assert await proc_load(a, va, 8) == (0, b"PRIV" + data[4:8])
+        assert await proc_load(b, vb, 4) == (0, data[:4])
+        _err, got = await eng.read(vp, 0, 4)
+        assert bytes(got) == data[:4]
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+    assert (tmp_path / "f").read_bytes() == data
+
+
+async def test_anonymous_memory_is_zero_then_keeps_stores() -> None:
+    async with new_engine().running() as eng:
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        err, va = sys_mmap(p, 3 * PAGE, None, 0, RW, private=True)
+        assert err == 0
+        assert await proc_load(p, va + PAGE, 8) == (0, bytes(8))
+        assert await proc_store(p, va + 2 * PAGE, b"anon") == 0
+        assert await proc_load(p, va + 2 * PAGE, 4) == (0, b"anon")
+        assert eng.uvm.uvmexp.anonpages == 2
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert eng.uvm.uvmexp.anonpages == 0
+        assert not eng.uvm.amaps
+        assert_sound(eng)
+
+
+async def test_access_errors_are_errnos(tmp_path: Path) -> None:
+    """SIGSEGV- and SIGBUS-like outcomes (scenario 21): no mapping, protection, past EOF."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(3, PAGE + 100))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 4 * PAGE, vp.uobj, 0, R, private=False)
+        assert (await proc_load(p, va + 64 * PAGE, 1))[0] == errno.EFAULT
+        assert await proc_store(p, va, b"x") == errno.EACCES
+        assert (await proc_load(p, va + PAGE + 50, 10))[0] == 0  # the last, partial page
+        assert (await proc_load(p, va + 2 * PAGE, 1))[0] == errno.EINVAL  # past EOF
+        assert sys_mprotect(p, va, PAGE, RW) == errno.EACCES  # beyond its maximum
+        assert sys_mmap(p, 0, vp.uobj, 0, R, private=False)[0] == errno.EINVAL
+        assert sys_mmap(p, PAGE, vp.uobj, 1, R, private=False)[0] == errno.EINVAL
+        assert await sys_munmap(p, va + 1, PAGE) == errno.EINVAL
+        assert await sys_mlock(p, va + 64 * PAGE, PAGE) == errno.ENOMEM
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_mlock_wires_and_munlock_unwires(tmp_path: Path) -> None:
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(4, 4 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va + PAGE, 2 * PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 2
+        assert p.vm.pmap.wired_count == 2
+        assert len(p.vm.entries) == 3  # clipped around the locked range
+        pg = vp.uobj.pages[PAGE]
+        assert pg.wire_count == 1
+        assert await sys_mlock(p, va + PAGE, 2 * PAGE) == 0  # locks do not stack
+        assert pg.wire_count == 1
+        _mapmap(eng, procs)
+        assert await sys_munlock(p, va, 4 * PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 0
+        assert p.vm.pmap.wired_count == 0
+        assert pg.wire_count == 0
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_wired_truncate_unwire_skips_vanished_pages(tmp_path: Path) -> None:
+    """Scenario 1: mmap MAP_SHARED, mlock, truncate below the locked range; the wired pages
+    are freed with their wired mappings; munlock skips them (``unwire_skips``) instead of
+    panicking; the process then faults there as past EOF; re-extended, the file reads
+    zeros there, never the old data."""
+    data = pattern(5, 4 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, 4 * PAGE) == 0
+        gone = [vp.uobj.pages[off] for off in (2 * PAGE, 3 * PAGE)]
+        assert await eng.truncate(vp, 2 * PAGE) == 0
+        assert all(page_is_free(pg) for pg in gone)
+        assert _pte(p, va + 2 * PAGE) is None
+        assert eng.uvm.uvmexp.wired == 2
+        _mapmap(eng, procs)  # rule 16 allows the two vanished wired addresses
+        assert (await proc_load(p, va + 2 * PAGE, 1))[0] == errno.EINVAL
+        skips = eng.uvm.uvmexp.unwire_skips
+        assert await sys_munlock(p, va, 4 * PAGE) == 0
+        assert eng.uvm.uvmexp.unwire_skips == skips + 2
+        assert eng.uvm.uvmexp.wired == 0
+        assert await eng.truncate(vp, 4 * PAGE) == 0
+        assert await proc_load(p, va + 2 * PAGE, 8) == (0, bytes(8))
+        assert await proc_load(p, va, 8) == (0, data[:8])
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_wired_truncate_then_exit_and_munmap(tmp_path: Path) -> None:
+    """The other unwire paths of scenario 1: munmap of a wired range and exit both skip
+    the vanished pages."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(6, 4 * PAGE))
+        procs = ProcTable(eng.uvm)
+        a, b = procs.proc_new(), procs.proc_new()
+        _, va = sys_mmap(a, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        _, vb = sys_mmap(b, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(a, va, 4 * PAGE) == 0
+        assert await sys_mlock(b, vb + 3 * PAGE, PAGE) == 0
+        assert vp.uobj.pages[3 * PAGE].wire_count == 2
+        assert await eng.truncate(vp, PAGE) == 0
+        skips = eng.uvm.uvmexp.unwire_skips
+        assert await sys_munmap(a, va, 4 * PAGE) == 0
+        assert eng.uvm.uvmexp.unwire_skips == skips + 3
+        await procs.exit(b)
+        assert eng.uvm.uvmexp.unwire_skips == skips + 4
+        assert eng.uvm.uvmexp.wired == 0
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_mlock_private_mapping_copies_to_anons_up_front(tmp_path: Path) -> None:
+    """VM_FAULT_WIREMAX (the seed's fix for the ptrace story): mlock of a MAP_PRIVATE
+    mapping whose maximum protection includes write wires anon copies, not the vnode's
+    pages, even though the mapping is read-only now."""
+    data = pattern(7, 2 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, R, private=True)
+        assert await sys_mlock(p, va, 2 * PAGE) == 0
+        for i in range(2):
+            pte = _pte(p, va + i * PAGE)
+            assert pte is not None
+            assert pte.wired
+            assert pte.pg is not None
+            assert pte.pg.uanon is not None, "wired the vnode's page, not an anon copy"
+            assert pte.pg.wire_count == 1
+        assert all(pg.wire_count == 0 for pg in vp.uobj.pages.values())
+        assert await proc_load(p, va, 2 * PAGE) == (0, data)
+        assert await proc_store(p, va, b"x") == errno.EACCES  # still read-only
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert eng.uvm.uvmexp.wired == 0
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_vslock_inside_mlock_keeps_the_pmap_wiring(tmp_path: Path) -> None:
+    """Scenario 3 (mlock + physio, Thorpe 1999): wire counts 1 -> 2 -> 1 -> 0, and the PTE
+    stays wired until munlock: a touch after vsunlock takes no fault."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(8, PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, PAGE) == 0
+        pg = vp.uobj.pages[0]
+        assert pg.wire_count == 1
+        assert await vslock(p, va, PAGE) == 0
+        assert pg.wire_count == 2
+        assert vsunlock(p, va, PAGE) == 0
+        assert pg.wire_count == 1
+        pte = _pte(p, va)
+        assert pte is not None
+        assert pte.wired, "vsunlock cleared the pmap wiring of an mlocked page"
+        faults = eng.uvm.uvmexp.faults
+        assert await proc_store(p, va, b"io") == 0
+        assert eng.uvm.uvmexp.faults == faults  # no fault on the wired mapping
+        _mapmap(eng, procs)
+        assert await sys_munlock(p, va, PAGE) == 0
+        assert pg.wire_count == 0
+        assert p.vm.pmap.wired_count == 0
+        # vslock alone (no mlock): the pmap wiring goes with vsunlock.
+        assert await vslock(p, va, PAGE) == 0
+        assert vsunlock(p, va, PAGE) == 0
+        assert p.vm.pmap.wired_count == 0
+        assert pg.wire_count == 0
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_fsync_of_mlocked_dirty_pages(tmp_path: Path) -> None:
+    """Scenario 13: fsync writes mlocked dirty file pages; the wired mapping takes no fault
+    afterwards and the wiring is unchanged."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, bytes(2 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, 2 * PAGE) == 0
+        assert await proc_store(p, va + 10, b"locked") == 0
+        assert await eng.fsync(vp) == 0
+        assert (tmp_path / "f").read_bytes()[10:16] == b"locked"
+        assert eng.uvm.uvmexp.wired == 2
+        assert p.vm.pmap.wired_count == 2
+        faults = eng.uvm.uvmexp.faults
+        assert await proc_store(p, va + PAGE, b"again") == 0
+        assert eng.uvm.uvmexp.faults == faults
+        assert await eng.fsync(vp) == 0
+        assert (tmp_path / "f").read_bytes()[PAGE : PAGE + 5] == b"again"
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_fault_waits_and_retries_when_pv_entries_run_out(tmp_path: Path) -> None:
+    """Scenario 15: with the pv pool empty the fault's pmap_enter fails (PMAP_CANFAIL); it
+    waits for the pagedaemon, which frees mapped pages (and their pv entries), and
+    retries; no page is left busy."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(9, 8 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 8 * PAGE, vp.uobj, 0, R, private=False)
+        assert await proc_load(p, va, 4) == (0, pattern(9, 8 * PAGE)[:4])
+        uvm = eng.uvm
+        taken = uvm.pv_free
+        uvm.pv_free = 0  # every entry in use elsewhere
+        retries = uvm.uvmexp.canfail_retries
+
+        want = pattern(9, 8 * PAGE)[4 * PAGE : 4 * PAGE + 4]
+        got: list[tuple[int, bytes]] = []
+
+        async def loader() -> None:
+            got.append(await proc_load(p, va + 4 * PAGE, 4))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert uvm.uvmexp.canfail_retries >= retries + 1
+            assert not got, "the fault gave up instead of waiting for pv entries"
+            uvm.pv_free = taken
+            uvm.pages_freed()
+        assert got == [(0, want)]
+        assert not any(pg.flags & PG_BUSY for pg in vp.uobj.pages.values())
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_interrupt_safe_map_refuses_faults() -> None:
+    """Thorpe's interrupt-safe maps: the fault is refused before the map lock is taken."""
+    async with new_engine().running() as eng:
+        kmap = uvmspace_alloc(eng.uvm, "kmem", VM_MAP_INTRSAFE)
+        with kmap.lock:  # held by an "interrupt handler": a fault must not even try it
+            assert await uvm_fault(kmap, 0x10000, Prot.READ.value, VM_FAULT_NORMAL) == errno.EFAULT
+        assert eng.uvm.uvmexp.fault_intrsafe == 1
+        with kmap.lock:
+            assert uvm_map_lookup_entry(kmap, 0x10000) is None
+
+
+async def test_rule_16_catches_an_unwired_pte_in_a_wired_entry(tmp_path: Path) -> None:
+    """The audit's rule 16 is not vacuous: a wired entry whose PTE lost its wiring (what
+    the physio bug did) is reported."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(10, PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, PAGE) == 0
+        pte = _pte(p, va)
+        assert pte is not None
+        pte.wired = False
+        p.vm.pmap.wired_count -= 1
+        assert any(v.startswith("[16]") for v in audit.audit(eng.uvm))
+        pte.wired = True
+        p.vm.pmap.wired_count += 1
+        assert not audit.audit(eng.uvm)
+        await procs.exit(p)
+        assert await eng.release(vp) == 0
+
+
+async def test_a_mapping_keeps_its_object_referenced(tmp_path: Path) -> None:
+    """Every map entry holds a reference on its object (clipping adds one per half)."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(11, 4 * PAGE))
+        base = vp.uobj.refs
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        assert vp.uobj.refs == base + 1
+        assert await sys_mlock(p, va + PAGE, PAGE) == 0
+        assert vp.uobj.refs == base + 3  # three entries now
+        assert await sys_munmap(p, va, 2 * PAGE) == 0
+        assert vp.uobj.refs == base + 1
+        await procs.exit(p)
+        assert vp.uobj.refs == base
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_partial_munmap_of_anonymous_memory_frees_its_anons() -> None:
+    """Per-slot amap references: unmapping half of an anonymous mapping frees the anons of
+    that half only."""
+    async with new_engine().running() as eng:
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 4 * PAGE, None, 0, RW, private=True)
+        for i in range(4):
+            assert await proc_store(p, va + i * PAGE, bytes([i + 1]) * 4) == 0
+        assert eng.uvm.uvmexp.anonpages == 4
+        assert await sys_munmap(p, va + 2 * PAGE, 2 * PAGE) == 0
+        assert eng.uvm.uvmexp.anonpages == 2
+        assert await proc_load(p, va + PAGE, 4) == (0, b"\x02" * 4)
+        assert (await proc_load(p, va + 2 * PAGE, 1))[0] == errno.EFAULT
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert eng.uvm.uvmexp.anonpages == 0
+        assert_sound(eng)

@@ -1,0 +1,530 @@
+"""Page faults of simulated processes and wiring (~ uvm_fault.c: uvm_fault, uvm_fault_wire,
+uvm_fault_unwire, uvm_fault_unwire_locked; uvm_map.c: uvm_map_pageable, uvm_map_entry_unwire;
+uvm_glue.c: uvm_vslock, uvm_vsunlock).
+
+A fault is resolved as NetBSD structures it:
+
+1. *Check*: find the map entry (EFAULT outside every entry; a map flagged interrupt-safe
+   is refused before its lock is taken), check the access against the entry's protection
+   -- its **maximum** protection for a ``VM_FAULT_WIREMAX`` fault (the seed's change) --
+   and resolve a pending copy-on-write of the amap (``needs_copy``) if the fault will
+   write, or is a WIREMAX fault of an entry whose maximum protection includes write, or
+   maps anonymous memory (which lives only in the amap).
+2. *Upper layer*: an anon in the amap holds the page: bring it in from swap if need be;
+   copy it to a new anon first if the access writes (or wires for write) and the anon is
+   shared (``ref > 1``); otherwise map a shared anon read-only.
+3. *Lower layer*: the object's page (``pgo_get``, one page, no neighbours; EINVAL past
+   EOF is the process's SIGBUS), mapped as it is for a shared mapping -- read-only if
+   PG_RDONLY (a hole) -- or read-only for a private one; a write to a private mapping
+   *promotes* it: the data is copied into a new anon in the amap.  Anonymous memory with
+   no anon yet gets a zero-filled one.
+
+Then ``pmap_enter`` with PMAP_CANFAIL: when the pv pool is empty, everything is let go,
+the fault waits for the pagedaemon (``uvm_wait``) and starts again from the map lookup
+(``canfail_retries``).  A fault in a wired entry, or a wiring fault, enters the mapping
+wired and wires the page instead of activating it.
+
+Every ``await`` here (the pager's get, a swap-in, a wait for a busy page or for memory) is
+taken with no lock held and only the pages the fault busied; afterwards the map's
+timestamp is compared and the fault restarts (ERESTART inside, never to the caller) if
+the map changed, as the kernel's relock does.
+
+Unwiring skips an address that has no translation any more (kernel: "just skip that
+page" in uvm_fault_unwire_locked): truncation removes wired mappings of the pages it frees,
+and the later munlock, munmap or exit finds nothing there (``unwire_skips``).  The pmap
+wiring of an address is cleared only when its entry is no longer wired (Thorpe's physio
+fix: a vsunlock inside an mlocked range leaves the mapping wired).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ubcfs.vm.amap import VmAmap, amap_add, amap_copy, amap_lookup, amap_unref_range
+from ubcfs.vm.anon import VmAnon, analloc, anfree
+from ubcfs.vm.diag import panic
+from ubcfs.vm.map import VM_MAP_INTRSAFE, VmMap, VmMapEntry, amap_for, uvm_map_lookup_entry
+from ubcfs.vm.page import (
+    PG_BUSY,
+    PG_FAKE,
+    PG_RDONLY,
+    page_unbusy,
+    pageactivate,
+    pagealloc,
+    pagemarkdirty,
+    pageunwire,
+    pagewait,
+    pagewire,
+)
+from ubcfs.vm.pager import PGO_SYNCIO, uvm_wait
+from ubcfs.vm.param import Prot
+from ubcfs.vm.pmap import (
+    PMAP_CANFAIL,
+    PMAP_WIRED,
+    Pte,
+    pmap_enter,
+    pmap_lookup,
+    pmap_unwire,
+    pmap_update,
+)
+
+if TYPE_CHECKING:
+    from ubcfs.vm.page import VmPage
+
+VM_FAULT_NORMAL: Final = 0  # an access by the process
+VM_FAULT_WIRE: Final = 1  # wiring: narrow, enters the mapping wired
+VM_FAULT_WIREMAX: Final = 2  # wiring, checked against the maximum protection (seed)
+
+_P_READ: Final = Prot.READ.value
+_P_WRITE: Final = Prot.WRITE.value
+
+
+async def uvm_fault(vm: VmMap, va: int, access: int, fault_type: int = VM_FAULT_NORMAL) -> int:
+    """Resolve a fault at ``va`` for ``access`` (Prot bits) in ``vm`` (kernel: uvm_fault).
+
+    Returns:
+        0 (the access can be retried and will succeed, barring a pageout meanwhile);
+        EFAULT: no mapping there, or an interrupt-safe map; EACCES: protection;
+        EINVAL: past the end of the mapped file (SIGBUS); EIO: the page could not be read
+        (or its swap copy is lost); ENOSPC/ENOMEM, or a write-back errno: memory stayed
+        short (``uvm_wait``'s bound).
+
+    => may sleep; holds no lock across a sleep.  Never call it from an I/O completion.
+    """
+    if vm.flags & VM_MAP_INTRSAFE:
+        # Refused before the map lock is even tried (Thorpe): an interrupt-safe map is
+        # locked by interrupt handlers, and nothing may sleep on it.
+        vm.uvm.uvmexp.fault_intrsafe += 1
+        return errno.EFAULT
+    since: float | None = None
+    while True:
+        err = await _fault_once(vm, va, access, fault_type, since)
+        if err != errno.ERESTART:
+            return err
+        if since is None:
+            since = trio.current_time()
+
+
+def _wants_copy(entry: VmMapEntry, access: int, fault_type: int) -> bool:
+    """Will this fault write (or wire for writing) through ``entry``?  Then a private
+    mapping's data must be its own (kernel: cow_now)."""
+    if access & _P_WRITE:
+        return True
+    return fault_type == VM_FAULT_WIREMAX and bool(entry.maxprot & _P_WRITE)
+
+
+async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: float | None) -> int:
+    uvm = vm.uvm
+    exp = uvm.uvmexp
+    exp.faults += 1
+    pgva = va & ~uvm.page_mask
+    with vm.lock:
+        entry = uvm_map_lookup_entry(vm, pgva)
+        if entry is None:
+            return errno.EFAULT
+        check = entry.maxprot if fault_type == VM_FAULT_WIREMAX else entry.prot
+        if access & ~check:
+            return errno.EACCES
+        wired = fault_type != VM_FAULT_NORMAL or entry.wired_count > 0
+        enter_prot = entry.prot
+        if wired:
+            access = enter_prot  # full access for wired (seeds referenced and modified)
+        cow = _wants_copy(entry, access, fault_type)
+        old = None
+        if entry.needs_copy and (cow or entry.obj is None):
+            old = _resolve_needs_copy(vm, entry)
+        stamp = vm.timestamp
+        amap = entry.amap
+        slot = entry.amap_off + ((pgva - entry.start) >> uvm.page_shift)
+        anon = None
+        if amap is not None:
+            with amap.lock:
+                anon = amap_lookup(amap, slot)
+    if old is not None:
+        # The amap shared since fork was copied: drop our reference to it now that the
+        # map is unlocked (it may free anons, and sleep), then look everything up again.
+        await amap_unref_range(uvm, *old)
+        return errno.ERESTART
+    if anon is not None:
+        return await _upper(vm, entry, pgva, anon, slot, enter_prot, access, wired, cow, since)
+    return await _lower(vm, entry, pgva, slot, stamp, enter_prot, access, wired, cow, since)
+
+
+def _resolve_needs_copy(vm: VmMap, entry: VmMapEntry) -> tuple[VmAmap, int, int] | None:
+    """The entry's first write (or wiring for write): it gets an amap of its own -- a copy
+    of the one it shared since fork, or a new one (kernel: amap_copy in uvmfault_amapcopy).
+    Returns the shared amap's slot range whose reference the caller must drop with
+    ``amap_unref_range`` once the map is unlocked, or None.  => map locked."""
+    uvm = vm.uvm
+    old = entry.amap
+    npages = (entry.end - entry.start) >> uvm.page_shift
+    drop = None
+    if old is None:
+        amap_for(vm, entry)
+    elif old.ref > 1:
+        drop = (old, entry.amap_off, npages)
+        entry.amap = amap_copy(uvm, old, entry.amap_off, npages)
+        entry.amap_off = 0
+    entry.needs_copy = False
+    vm.timestamp += 1
+    return drop
+
+
+def _enter(vm: VmMap, pgva: int, pg: VmPage, prot: int, access: int, wired: bool) -> bool:
+    """pmap_enter for a fault; False when the pv pool is empty (PMAP_CANFAIL)."""
+    flags = (access & prot) | PMAP_CANFAIL | (PMAP_WIRED if wired else 0)
+    if pmap_enter(vm.pmap, pgva, pg, prot, flags):
+        return False
+    uvm = vm.uvm
+    if wired:
+        pagewire(uvm, pg)
+    elif pg.wire_count == 0:
+        pageactivate(uvm, pg)
+    pmap_update(vm.pmap)
+    return True
+
+
+async def _shortage(vm: VmMap, since: float | None) -> int:
+    """pmap_enter found no pv entry: wait for the pagedaemon, then refault (kernel: the
+    PMAP_CANFAIL path of uvm_fault)."""
+    vm.uvm.uvmexp.canfail_retries += 1
+    err = await uvm_wait(vm.uvm, "uvm_fault", 1, since)
+    return err or errno.ERESTART
+
+
+async def _upper(
+    vm: VmMap,
+    entry: VmMapEntry,
+    pgva: int,
+    anon: VmAnon,
+    slot: int,
+    enter_prot: int,
+    access: int,
+    wired: bool,
+    cow: bool,
+    since: float | None,
+) -> int:
+    """The amap has an anon for the page (kernel: the upper-layer half of uvm_fault)."""
+    uvm = vm.uvm
+    pg = anon.page
+    if pg is None:
+        if anon.swslot <= 0:
+            return errno.EIO  # its only copy was lost (a bad slot, scenario 22)
+        swap = uvm.swap
+        if swap is None:
+            panic(f"uvm_fault: {anon!r} has a slot but there is no swap")
+        err, npg = await swap.anon_swapin(anon)
+        if err == errno.ENOMEM:
+            err = await uvm_wait(uvm, "uvm_fault", 1, since)
+            return err or errno.ERESTART
+        if err:
+            return err
+        assert npg is not None
+        pageactivate(uvm, npg)
+        page_unbusy(uvm, npg)
+        return errno.ERESTART  # look everything up again: we slept
+    if pg.flags & PG_BUSY:
+        await pagewait(uvm, pg, "uvm_fault")
+        return errno.ERESTART
+    amap = entry.amap
+    assert amap is not None
+    if cow and anon.ref > 1:
+        # Copy-on-write: this amap gets an anon of its own with a copy of the page.
+        nanon = analloc()
+        with nanon.lock:
+            npg = pagealloc(uvm, None, 0, anon=nanon)
+        if npg is None:
+            nanon.ref = 0
+            await anfree(uvm, nanon)
+            err = await uvm_wait(uvm, "uvm_fault", 1, since)
+            return err or errno.ERESTART
+        uvm.physmem.copy(pg.phys_addr, npg.phys_addr)
+        uvm.uvmexp.cow_copies += 1
+        with amap.lock:
+            if amap_lookup(amap, slot) is not anon:
+                panic(f"uvm_fault: amap slot {slot} changed under a fault that did not sleep")
+            with anon.lock:
+                anon.ref -= 1  # others still hold it: its ref was > 1
+            amap_add(amap, slot, nanon, replace=True)
+        npg.flags &= ~PG_FAKE
+        pagemarkdirty(npg)  # no slot holds the copy
+        page_unbusy(uvm, npg)
+        anon, pg = nanon, npg
+    prot = enter_prot
+    if anon.ref > 1:
+        prot &= ~_P_WRITE  # shared with another amap: the next write copies it
+    if access & _P_WRITE or wired:
+        # The page is to be written (or wired, scenario 7): its swap copy becomes stale.
+        pagemarkdirty(pg)
+    if not _enter(vm, pgva, pg, prot, access, wired):
+        return await _shortage(vm, since)
+    return 0
+
+
+async def _lower(
+    vm: VmMap,
+    entry: VmMapEntry,
+    pgva: int,
+    slot: int,
+    stamp: int,
+    enter_prot: int,
+    access: int,
+    wired: bool,
+    cow: bool,
+    since: float | None,
+) -> int:
+    """No anon: the object's page, or a new zero-filled anon (kernel: the lower-layer half
+    of uvm_fault)."""
+    uvm = vm.uvm
+    obj = entry.obj
+    if obj is None:
+        return await _zero_fill(vm, entry, pgva, slot, enter_prot, access, wired, since)
+    assert obj.pgops is not None
+    offset = entry.offset + (pgva - entry.start)
+    promote = entry.copy_on_write and cow
+    get_access = _P_READ if promote or entry.copy_on_write else access
+    err, pages = await obj.pgops.get(obj, offset, 1, get_access, PGO_SYNCIO)
+    if err:
+        return err
+    pg = pages[0]
+    assert pg is not None
+    if vm.timestamp != stamp or uvm_map_lookup_entry_unlocked(vm, pgva) is not entry:
+        # The map changed while the pager slept: start again.
+        pageactivate(uvm, pg)
+        page_unbusy(uvm, pg)
+        return errno.ERESTART
+    if promote:
+        return await _promote(vm, entry, pgva, slot, pg, enter_prot, access, wired, since)
+    prot = enter_prot
+    if pg.flags & PG_RDONLY and access & _P_WRITE:
+        # A hole written through a shared mapping: the backing file system allocates its
+        # blocks when the page is written back (this model has no block allocator).
+        pg.flags &= ~PG_RDONLY
+    if entry.copy_on_write or pg.flags & PG_RDONLY:
+        prot &= ~_P_WRITE  # private: a write promotes; a hole: a write allocates
+    ok = _enter(vm, pgva, pg, prot, access, wired)
+    page_unbusy(uvm, pg)
+    if not ok:
+        pageactivate(uvm, pg)
+        return await _shortage(vm, since)
+    return 0
+
+
+def uvm_map_lookup_entry_unlocked(vm: VmMap, va: int) -> VmMapEntry | None:
+    """``uvm_map_lookup_entry`` taking the map lock itself (the fault's relock)."""
+    with vm.lock:
+        return uvm_map_lookup_entry(vm, va)
+
+
+async def _promote(
+    vm: VmMap,
+    entry: VmMapEntry,
+    pgva: int,
+    slot: int,
+    opg: VmPage,
+    enter_prot: int,
+    access: int,
+    wired: bool,
+    since: float | None,
+) -> int:
+    """A write (or wiring for write) to a private mapping of an object page: copy it into
+    a new anon of the entry's amap (kernel: promote in uvm_fault's lower layer).
+    => ``opg`` is busy, ours; it is let go here."""
+    uvm = vm.uvm
+    amap = entry.amap
+    assert amap is not None
+    nanon = analloc()
+    with nanon.lock:
+        npg = pagealloc(uvm, None, 0, anon=nanon)
+    if npg is None:
+        pageactivate(uvm, opg)
+        page_unbusy(uvm, opg)
+        nanon.ref = 0
+        await anfree(uvm, nanon)
+        err = await uvm_wait(uvm, "uvm_fault", 1, since)
+        return err or errno.ERESTART
+    uvm.physmem.copy(opg.phys_addr, npg.phys_addr)
+    uvm.uvmexp.cow_copies += 1
+    pageactivate(uvm, opg)
+    page_unbusy(uvm, opg)
+    npg.flags &= ~PG_FAKE
+    pagemarkdirty(npg)
+    with amap.lock:
+        amap_add(amap, slot, nanon)
+    ok = _enter(vm, pgva, npg, enter_prot, access, wired)
+    page_unbusy(uvm, npg)
+    if not ok:
+        pageactivate(uvm, npg)
+        return await _shortage(vm, since)
+    return 0
+
+
+async def _zero_fill(
+    vm: VmMap,
+    entry: VmMapEntry,
+    pgva: int,
+    slot: int,
+    enter_prot: int,
+    access: int,
+    wired: bool,
+    since: float | None,
+) -> int:
+    """First touch of anonymous memory: a new anon with a zeroed page (kernel: the
+    zero-fill case of uvm_fault)."""
+    uvm = vm.uvm
+    amap = entry.amap
+    assert amap is not None
+    nanon = analloc()
+    with nanon.lock:
+        npg = pagealloc(uvm, None, 0, anon=nanon)
+    if npg is None:
+        nanon.ref = 0
+        await anfree(uvm, nanon)
+        err = await uvm_wait(uvm, "uvm_fault", 1, since)
+        return err or errno.ERESTART
+    uvm.physmem.zero(npg.phys_addr)
+    uvm.uvmexp.zero_fills += 1
+    npg.flags &= ~PG_FAKE
+    pagemarkdirty(npg)
+    with amap.lock:
+        amap_add(amap, slot, nanon)
+    ok = _enter(vm, pgva, npg, enter_prot, access, wired)
+    page_unbusy(uvm, npg)
+    if not ok:
+        pageactivate(uvm, npg)
+        return await _shortage(vm, since)
+    return 0
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+async def uvm_fault_wire(vm: VmMap, start: int, end: int, access: int, fault_type: int) -> int:
+    """Fault in and wire every page of [start, end) for ``access`` (kernel: uvm_fault_wire);
+    on failure unwire what was wired and return the errno.  => may sleep; map unlocked."""
+    ps = vm.uvm.page_size
+    va = start
+    while va < end:
+        err = await uvm_fault(vm, va, access, fault_type)
+        if err:
+            uvm_fault_unwire(vm, start, va)
+            return err
+        va += ps
+    return 0
+
+
+def uvm_fault_unwire(vm: VmMap, start: int, end: int) -> None:
+    """Unwire [start, end) (kernel: uvm_fault_unwire): takes the map lock for
+    ``uvm_fault_unwire_locked``.  => never sleeps."""
+    with vm.lock:
+        uvm_fault_unwire_locked(vm, start, end)
+
+
+def uvm_fault_unwire_locked(vm: VmMap, start: int, end: int) -> None:
+    """Drop one wiring of each page mapped in [start, end) (kernel: uvm_fault_unwire_locked).
+
+    An address with no translation is skipped: truncation freed its page and removed the
+    wired mapping with it (``unwire_skips``).  The pmap wiring goes only where the map
+    entry is no longer wired (the physio fix).
+
+    => the map is locked (asserted, Thorpe).  => never sleeps.
+    """
+    vm.lock.assert_locked()
+    uvm = vm.uvm
+    exp = uvm.uvmexp
+    shift = uvm.page_shift
+    va = start
+    while va < end:
+        pte = pmap_lookup(vm.pmap, va >> shift)
+        if not isinstance(pte, Pte) or pte.pg is None:
+            exp.unwire_skips += 1  # "just skip that page": truncation took it
+            va += uvm.page_size
+            continue
+        entry = uvm_map_lookup_entry(vm, va)
+        if entry is None:
+            panic(f"uvm_fault_unwire: {va:#x} is mapped in {vm.pmap.name} but not in {vm!r}")
+        if not pte.wired:
+            panic(f"uvm_fault_unwire: the mapping at {va:#x} of {vm!r} is not wired")
+        if entry.wired_count == 0:
+            pmap_unwire(vm.pmap, va)
+        pageunwire(uvm, pte.pg)
+        va += uvm.page_size
+
+
+def uvm_map_entry_unwire(vm: VmMap, entry: VmMapEntry) -> None:
+    """An entry stops being wired: count to 0, then unwire its range (kernel:
+    uvm_map_entry_unwire).  => map locked."""
+    entry.wired_count = 0
+    uvm_fault_unwire_locked(vm, entry.start, entry.end)
+
+
+async def uvm_map_pageable(vm: VmMap, start: int, end: int, wire: bool) -> int:
+    """mlock (``wire``) or munlock of [start, end) (kernel: uvm_map_pageable).
+
+    Wiring, pass 1 under the map lock: clip, and for an entry not yet wired whose maximum
+    protection includes write (or with no object), resolve its copy-on-write now; mark the
+    entries wired.  Pass 2, unlocked: ``uvm_fault_wire`` with VM_FAULT_WIREMAX each entry
+    that just became wired, so that a private mapping's pages are anon copies from the
+    start (the seed's fix for the ptrace story).  On failure every entry wired here is
+    unwired again.  Locks do not stack (POSIX): an mlocked range is not wired twice, and
+    one munlock unwires it.
+
+    Returns:
+        0; ENOMEM when part of the range is not mapped; or the fault's errno.
+
+    => may sleep (pass 2).
+    """
+    with vm.lock:
+        from ubcfs.vm.map import clip_range, range_is_mapped
+
+        if not range_is_mapped(vm, start, end):
+            return errno.ENOMEM
+        entries = clip_range(vm, start, end)
+        if not wire:
+            for e in entries:
+                if e.wired_count:
+                    uvm_map_entry_unwire(vm, e)
+            vm.timestamp += 1
+            return 0
+        new: list[VmMapEntry] = []
+        drops: list[tuple[VmAmap, int, int]] = []
+        for e in entries:
+            if e.wired_count:
+                continue
+            if e.needs_copy and (e.maxprot & _P_WRITE or e.obj is None):
+                old = _resolve_needs_copy(vm, e)
+                if old is not None:
+                    drops.append(old)
+            e.wired_count = 1
+            new.append(e)
+        vm.timestamp += 1
+    for amap, slot, n in drops:
+        await amap_unref_range(vm.uvm, amap, slot, n)
+    for i, e in enumerate(new):
+        err = await uvm_fault_wire(vm, e.start, e.end, _P_READ, VM_FAULT_WIREMAX)
+        if err:
+            with vm.lock:
+                for undo in new[:i]:
+                    if undo.wired_count:
+                        uvm_map_entry_unwire(vm, undo)
+                for undo in new[i:]:
+                    undo.wired_count = 0
+                vm.timestamp += 1
+            return err
+    return 0
+
+
+async def uvm_vslock(vm: VmMap, start: int, end: int, access: int) -> int:
+    """Wire a user buffer for raw I/O that needs ``access`` to it (kernel: uvm_vslock): the
+    pages and their mappings, without marking the map entries wired (EACCES when the
+    mapping does not allow ``access``).  => may sleep."""
+    return await uvm_fault_wire(vm, start, end, access, VM_FAULT_WIRE)
+
+
+def uvm_vsunlock(vm: VmMap, start: int, end: int) -> None:
+    """Undo ``uvm_vslock`` (kernel: uvm_vsunlock): one page wiring each; the pmap wiring
+    stays where an mlock still holds the entry wired (scenario 3).  => never sleeps."""
+    uvm_fault_unwire(vm, start, end)
