@@ -142,5 +142,10 @@ class GenfsNode:
         while self.numoutput:
             await self._output_done.wait()
 
+    def current_size(self) -> int:
+        """The file size now (the end that an aobj holding this file's data checks faults
+        against, ``Aobj.size_of``)."""
+        return self.size
+
     def __repr__(self) -> str:
         return f"<GenfsNode {self.name} size={self.size} npages={self.uobj.npages}>"

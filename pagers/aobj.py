@@ -52,12 +52,15 @@ from ubcfs.vm.pager import (
     PGO_FREE,
     PGO_LOCKED,
     PGO_OVERWRITE,
+    PGO_PASTEOF,
     uvm_wait,
 )
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import pmap_clear_modify, pmap_clear_reference, pmap_page_protect
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pagers.swap import Swap
     from ubcfs.vm.uvm import Uvm
 
@@ -88,12 +91,15 @@ class Aobj:
         swap: the machine's swap pager, or None (then its pages can never leave memory).
     """
 
-    __slots__ = ("name", "swap", "swslots", "uobj", "uvm")
+    __slots__ = ("name", "size_of", "swap", "swslots", "uobj", "uvm")
 
     def __init__(self, uvm: Uvm, name: str, swap: Swap | None) -> None:
         self.uvm = uvm
         self.name = name
         self.swap = swap
+        # The size of the file whose data this is (tmpfs), for the past-EOF check of
+        # faults (kernel: tmpfs_getpages); None for an object with no end.
+        self.size_of: Callable[[], int] | None = None
         self.uobj = UvmObject(uvm, name, is_aobj=True, pgops=self)
         self.swslots: dict[int, int] = {}
         if swap is not None:
@@ -135,7 +141,8 @@ class Aobj:
         self, uobj: UvmObject, offset: int, npages: int, access: int, flags: int
     ) -> tuple[int, list[VmPage | None]]:
         """pgo_get (kernel: uao_get).  Returns (0, pages busy and valid -- except the new
-        ones with PGO_OVERWRITE, which are PG_FAKE and dirty), or (EBUSY, []) with
+        ones with PGO_OVERWRITE, which are PG_FAKE and dirty), (EINVAL, []) at or past the
+        end of the file whose data this is (``size_of``) without PGO_PASTEOF, (EBUSY, []) with
         PGO_LOCKED, (EIO, []) when a page's swap copy is lost or cannot be read, (ENOSPC,
         []) when memory stayed short for ``NOMEM_WAIT`` seconds with no swap slot to page
         out to, or the errno of a memory wait bounded by failing write-back.
@@ -147,6 +154,13 @@ class Aobj:
             panic(f"uao_get: {uobj!r} is not {self!r}'s object")
         if offset & uvm.page_mask or npages <= 0:
             raise ValueError(f"uao_get: bad range offset={offset:#x} npages={npages}")
+        if self.size_of is not None and not flags & PGO_PASTEOF:
+            # A file's data (kernel: tmpfs_getpages): nothing at or past its end but for
+            # a write that extends it.
+            end = (self.size_of() + uvm.page_mask) & ~uvm.page_mask
+            if offset >= end:
+                return errno.EINVAL, []
+            npages = min(npages, (end - offset) >> uvm.page_shift)
         if flags & PGO_LOCKED:
             pg = uobj.pages.get(offset)
             if pg is None or pg.flags & (PG_BUSY | PG_FAKE):

@@ -9,9 +9,13 @@
     ubcfs sync MOUNTPOINT
     ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]
     ubcfs check MOUNTPOINT
+    ubcfs stress truncate MOUNTPOINT [--seconds N] [--seed S] [--processes P] [--files F]
+                [--ops N] [--json]
     ubcfs ctl MOUNTPOINT ping
     ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync|backing-fallocate|
                 swap-write|swap-read ERRNO COUNT
+    ubcfs ctl MOUNTPOINT proc-new|mmap|munmap|mlock|munlock|vslock|vsunlock|load|store|
+                ptrace-write|fork|exit|procs ...   (ubcfs.ctl.proc_cli)
 
 This module talks to a running daemon only through the control channel
 (``ubcfs.ctl.client``); it never imports pyfuse3, trio or the VM, so it starts fast and a
@@ -43,7 +47,7 @@ from typing import Any, Final, NoReturn
 
 import ubcfs
 from ubcfs import __version__, options
-from ubcfs.ctl import client
+from ubcfs.ctl import client, proc_cli
 from ubcfs.ctl.client import CtlError
 from ubcfs.options import MountOptions, SetupError, UsageError
 
@@ -100,7 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", metavar="SECONDS", help="repeat every SECONDS until Ctrl-C")
     p.set_defaults(func=cmd_stat)
 
-    p = sub.add_parser("ctl", help="talk to the daemon: ping, fault injection")
+    p = sub.add_parser("stress", help="stress tests of a mount, checked against a model")
+    st = p.add_subparsers(dest="stress_command", required=True, metavar="TEST")
+    q = st.add_parser(
+        "truncate",
+        help="random truncation, writes and reads mixed with mmap/mlock/store/ptrace-write/"
+        "fork/exit of simulated processes; every result checked, 'check' every second",
+        epilog="example: ubcfs stress truncate /mnt/ubc --seconds 60 --seed 7",
+    )
+    q.add_argument("mountpoint", metavar="MOUNTPOINT")
+    q.add_argument("--seconds", default="30", help="how long to run (default 30)")
+    q.add_argument("--seed", default=None, help="random seed (default: from the clock)")
+    q.add_argument("--processes", default="4", help="simulated processes (default 4)")
+    q.add_argument("--files", default="3", help="files (default 3)")
+    q.add_argument(
+        "--ops", default=None, help="run exactly OPS operations instead (a reproducible run)"
+    )
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    q.set_defaults(func=cmd_stress)
+
+    p = sub.add_parser("ctl", help="talk to the daemon: ping, fault injection, simulated processes")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     ctl = p.add_subparsers(dest="ctl_command", required=True, metavar="CTL_COMMAND")
     q = ctl.add_parser("ping", help="print the daemon's identity as JSON")
@@ -110,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("errno", metavar="ERRNO", help="a name like EIO, or a number")
     q.add_argument("count", metavar="COUNT", help="how many I/Os fail (0 disarms)")
     q.set_defaults(func=cmd_inject)
+    proc_cli.add_parsers(ctl, _connect)
     return parser
 
 
@@ -437,6 +461,47 @@ def cmd_stat(ns: argparse.Namespace) -> int:
             time.sleep(interval)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_stress(ns: argparse.Namespace) -> int:
+    from ubcfs import stress
+
+    try:
+        seconds = float(ns.seconds)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 7 * 86400:
+        raise UsageError(f"--seconds: expected a positive number of seconds, got {ns.seconds!r}")
+    seed = int(time.time()) % 1000000 if ns.seed is None else _parse_small(ns.seed, "--seed", 0)
+    nprocs = _parse_small(ns.processes, "--processes", 1, 64)
+    nfiles = _parse_small(ns.files, "--files", 1, 64)
+    max_ops = 0 if ns.ops is None else _parse_small(ns.ops, "--ops", 1)
+    ctl = _connect(ns.mountpoint)
+    ctl.request("ping")
+    run = stress.Stress(ns.mountpoint, ctl, seed, nprocs, nfiles)
+    if run.dir.exists():
+        raise UsageError(f"{run.dir} exists: another run with seed {seed}? remove it first")
+    t0 = time.monotonic()
+    try:
+        run.setup()
+        try:
+            stats = run.run(seconds, progress=True, max_ops=max_ops)
+        finally:
+            run.teardown()
+    except OSError as e:
+        raise CommandFailedError(f"stress truncate: {e}") from None
+    summary = stress.summary(stats, time.monotonic() - t0, seed)
+    if ns.json:
+        print(json.dumps(summary))
+    else:
+        stress.print_summary(summary)
+    return 0 if summary["mismatches"] == 0 and summary["violations"] == 0 else 1
+
+
+def _parse_small(text: str, what: str, lo: int, hi: int = 1 << 62) -> int:
+    if not text.isdigit() or not lo <= int(text) <= hi:
+        raise UsageError(f"{what}: expected a whole number from {lo} to {hi}, got {text!r}")
+    return int(text)
 
 
 def _parse_interval(text: str) -> float:

@@ -40,6 +40,7 @@ import trio
 from genfs.node import GenfsParams
 from pagers.backing_io import IOKind, parse_errno
 from ubcfs import __version__, native, options
+from ubcfs.ctl.procs import ProcCommands
 from ubcfs.ctl.protocol import ProtocolError, arg_int, arg_str, check_keys, socket_path
 from ubcfs.ctl.server import CommandError, ControlServer
 from ubcfs.fuse import Operations, fallocate_wired, fuse_options
@@ -119,6 +120,7 @@ class Daemon:
         self.ops: Operations
         self.tmpfs: TmpfsFiles | None = None
         self.server: ControlServer
+        self.procs: ProcCommands
         self.stopping = False
         self.early_signal = 0
         self.final_err = 0
@@ -183,6 +185,8 @@ class Daemon:
             kernel_cache=opts.kernel_cache,
             tmpfs=self.tmpfs,
         )
+        self.procs = ProcCommands(self.ops)
+        self.procs.register(self.server)
         self._catch_early_signals()
         try:
             reason = _mount(self.ops, opts.mountpoint, fuse_options(fsname, opts.allow_other))
@@ -238,6 +242,7 @@ class Daemon:
                 )
             await pyfuse3.main()
             log.info("FUSE loop ended; final write-back")
+            await self.procs.close()  # the simulated processes die with the mount
             self.final_err = await self.ops.final_writeback()
             if self.final_err:
                 log.error("final write-back failed: %s; data may be lost", errname(self.final_err))

@@ -128,6 +128,38 @@ def _fail(err: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(err)
 
 
+class MapRef:
+    """The reference a simulated process's map entry holds on a mapped file (kernel: the
+    vnode pager's pgo_reference/pgo_detach, which are vref/vrele): a vnode use, so that the
+    file's page cache outlives its last close and the kernel's forget, and goes only when
+    its last mapping does.  ``Operations.mapped`` counts them per vnode for the audit."""
+
+    def __init__(self, ops: Operations, vp: Vnode) -> None:
+        self.ops = ops
+        self.vp = vp
+
+    def reference(self) -> None:
+        ops = self.ops
+        vp = self.vp
+        if ops.tmpfs is not None:
+            vp.usecount += 1  # a tmpfs node's vnode is its data: always loaded
+        else:
+            ops.engine.vcache.vref(vp)
+        ops.mapped[vp] = ops.mapped.get(vp, 0) + 1
+
+    def detach(self) -> None:
+        ops = self.ops
+        vp = self.vp
+        n = ops.mapped.get(vp, 0) - 1
+        if n < 0:
+            raise ValueError(f"detach of an unmapped vnode {vp.name}")
+        if n:
+            ops.mapped[vp] = n
+        else:
+            ops.mapped.pop(vp, None)
+        ops._vrele(vp)
+
+
 class Handle:
     """An open file (kernel: struct file).  With the UBC it holds a use of its vnode, so
     the vnode cannot be reclaimed while the file is open.
@@ -212,6 +244,7 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.dirs: dict[int, tuple[Node, list[bytes]]] = {}
+        self.mapped: dict[Vnode, int] = {}  # vnode -> map entries of simulated processes
         engine.vcache.is_held = namespace.by_key.__contains__
 
     # --- helpers ------------------------------------------------------------------------
@@ -250,6 +283,47 @@ class Operations(pyfuse3.Operations):
             self.tmpfs.vrele(vp)
         else:
             self.engine.vrele(vp)
+
+    async def map_file(self, path: str) -> tuple[Vnode, MapRef]:
+        """The vnode of the regular file at ``path`` (from the mount's root; ``/`` and
+        ``.`` components are skipped, nothing is followed) with one use, and the object
+        reference a simulated process's mapping of it holds (``ubcfs.vm.map.ObjRef``): the
+        caller maps it, then drops the use with ``unmap_use``.  The names looked up on the
+        way are forgotten again, so the mapping holds the file's vnode -- its page cache --
+        and not the kernel's names for it.
+
+        Raises:
+            OSError: ENOENT, ENOTDIR, ENAMETOOLONG, ENODEV (not a regular file, or a
+                --no-ubc mount, which has no page cache to map).
+        => may sleep (a reclaim of the file is waited for).
+        """
+        if not self.ubc:
+            raise OSError(errno.ENODEV, "a --no-ubc mount has no page cache to map")
+        node: Node = self.ns.root_inode
+        taken: list[Node] = []
+        try:
+            for comp in os.fsencode(path).split(b"/"):
+                if comp in (b"", b"."):
+                    continue
+                if not node.is_dir():
+                    raise OSError(errno.ENOTDIR, f"{node.label} is not a directory")
+                node, _ = self.ns.lookup(node, comp)
+                taken.append(node)
+            if not node.is_reg():
+                raise OSError(errno.ENODEV, "not a regular file")
+            node.inflight += 1
+            try:
+                vp = await self._vget(node)
+            finally:
+                node.inflight -= 1
+            return vp, MapRef(self, vp)
+        finally:
+            for n in reversed(taken):
+                self._forget(n, 1)
+
+    def unmap_use(self, vp: Vnode) -> None:
+        """Drop the use ``map_file`` returned with the vnode.  => never sleeps."""
+        self._vrele(vp)
 
     def _backing(self) -> BackingNamespace:
         """The backing namespace, for what only it has (data descriptors)."""
@@ -826,12 +900,15 @@ class Operations(pyfuse3.Operations):
                 out.append(f"handle {fh}: its vnode {vp.name} is {vp.vstate.value}")
             if vp.key != h.inode.key:
                 out.append(f"handle {fh}: vnode {vp.name} is not its inode's file")
+        for vp, n in self.mapped.items():  # simulated processes' mappings hold uses too
+            uses[id(vp)] = uses.get(id(vp), 0) + n
+            vnodes[id(vp)] = vp
         for d_ino, _ in self.dirs.values():
             opens[id(d_ino)] = opens.get(id(d_ino), 0) + 1
         for vid, n in uses.items():
             vp = vnodes[vid]
             if vp.usecount < n:
-                out.append(f"vnode {vp.name}: {n} handles but usecount {vp.usecount}")
+                out.append(f"vnode {vp.name}: {n} handles and mappings but usecount {vp.usecount}")
         for ino, inode in ns.inodes.items():
             where = f"inode {inode.label}"
             if inode.ino != ino:

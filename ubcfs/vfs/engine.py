@@ -287,6 +287,7 @@ class Engine:
             vnops.AOBJ_VOPS,
             aobj.uobj,
         )
+        aobj.size_of = vp.current_size
         vp.set_state(VS.LOADED)
         return vp
 

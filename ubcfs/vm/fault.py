@@ -43,10 +43,16 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ubcfs.vm.amap import VmAmap, amap_add, amap_copy, amap_lookup, amap_unref_range
+from ubcfs.vm.amap import amap_add, amap_lookup, amap_unref_range
 from ubcfs.vm.anon import VmAnon, analloc, anfree
 from ubcfs.vm.diag import panic
-from ubcfs.vm.map import VM_MAP_INTRSAFE, VmMap, VmMapEntry, amap_for, uvm_map_lookup_entry
+from ubcfs.vm.map import (
+    VM_MAP_INTRSAFE,
+    VmMap,
+    VmMapEntry,
+    amap_copy_entry,
+    uvm_map_lookup_entry,
+)
 from ubcfs.vm.page import (
     PG_BUSY,
     PG_FAKE,
@@ -67,12 +73,15 @@ from ubcfs.vm.pmap import (
     Pte,
     pmap_enter,
     pmap_lookup,
+    pmap_page_protect,
     pmap_unwire,
     pmap_update,
 )
 
 if TYPE_CHECKING:
+    from ubcfs.vm.amap import VmAmap
     from ubcfs.vm.page import VmPage
+    from ubcfs.vm.uvm import Uvm
 
 VM_FAULT_NORMAL: Final = 0  # an access by the process
 VM_FAULT_WIRE: Final = 1  # wiring: narrow, enters the mapping wired
@@ -80,6 +89,8 @@ VM_FAULT_WIREMAX: Final = 2  # wiring, checked against the maximum protection (s
 
 _P_READ: Final = Prot.READ.value
 _P_WRITE: Final = Prot.WRITE.value
+
+FAULT_NOMEM_WAIT: Final = 5.0  # seconds a fault waits for memory before it fails
 
 
 async def uvm_fault(vm: VmMap, va: int, access: int, fault_type: int = VM_FAULT_NORMAL) -> int:
@@ -135,7 +146,9 @@ async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: f
         cow = _wants_copy(entry, access, fault_type)
         old = None
         if entry.needs_copy and (cow or entry.obj is None):
-            old = _resolve_needs_copy(vm, entry)
+            old = amap_copy_entry(vm, entry)
+        if entry.needs_copy:
+            enter_prot &= ~_P_WRITE  # still sharing its amap: the first write copies it
         stamp = vm.timestamp
         amap = entry.amap
         slot = entry.amap_off + ((pgva - entry.start) >> uvm.page_shift)
@@ -151,26 +164,6 @@ async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: f
     if anon is not None:
         return await _upper(vm, entry, pgva, anon, slot, enter_prot, access, wired, cow, since)
     return await _lower(vm, entry, pgva, slot, stamp, enter_prot, access, wired, cow, since)
-
-
-def _resolve_needs_copy(vm: VmMap, entry: VmMapEntry) -> tuple[VmAmap, int, int] | None:
-    """The entry's first write (or wiring for write): it gets an amap of its own -- a copy
-    of the one it shared since fork, or a new one (kernel: amap_copy in uvmfault_amapcopy).
-    Returns the shared amap's slot range whose reference the caller must drop with
-    ``amap_unref_range`` once the map is unlocked, or None.  => map locked."""
-    uvm = vm.uvm
-    old = entry.amap
-    npages = (entry.end - entry.start) >> uvm.page_shift
-    drop = None
-    if old is None:
-        amap_for(vm, entry)
-    elif old.ref > 1:
-        drop = (old, entry.amap_off, npages)
-        entry.amap = amap_copy(uvm, old, entry.amap_off, npages)
-        entry.amap_off = 0
-    entry.needs_copy = False
-    vm.timestamp += 1
-    return drop
 
 
 def _enter(vm: VmMap, pgva: int, pg: VmPage, prot: int, access: int, wired: bool) -> bool:
@@ -191,7 +184,18 @@ async def _shortage(vm: VmMap, since: float | None) -> int:
     """pmap_enter found no pv entry: wait for the pagedaemon, then refault (kernel: the
     PMAP_CANFAIL path of uvm_fault)."""
     vm.uvm.uvmexp.canfail_retries += 1
-    err = await uvm_wait(vm.uvm, "uvm_fault", 1, since)
+    return await _wait_memory(vm.uvm, since)
+
+
+async def _wait_memory(uvm: Uvm, since: float | None) -> int:
+    """Wait for the pagedaemon to free memory, then refault (ERESTART); ENOMEM once the
+    fault has waited ``FAULT_NOMEM_WAIT`` seconds in all (memory full of pages nothing can
+    free, e.g. anonymous memory with no swap: the kernel's OOM killer would act; here the
+    access fails), or the write-back errno that ``uvm_wait`` gives."""
+    if since is not None and trio.current_time() - since >= FAULT_NOMEM_WAIT:
+        uvm.uvmexp.fault_nomem += 1
+        return errno.ENOMEM
+    err = await uvm_wait(uvm, "uvm_fault", 1, since)
     return err or errno.ERESTART
 
 
@@ -218,8 +222,7 @@ async def _upper(
             panic(f"uvm_fault: {anon!r} has a slot but there is no swap")
         err, npg = await swap.anon_swapin(anon)
         if err == errno.ENOMEM:
-            err = await uvm_wait(uvm, "uvm_fault", 1, since)
-            return err or errno.ERESTART
+            return await _wait_memory(uvm, since)
         if err:
             return err
         assert npg is not None
@@ -239,8 +242,7 @@ async def _upper(
         if npg is None:
             nanon.ref = 0
             await anfree(uvm, nanon)
-            err = await uvm_wait(uvm, "uvm_fault", 1, since)
-            return err or errno.ERESTART
+            return await _wait_memory(uvm, since)
         uvm.physmem.copy(pg.phys_addr, npg.phys_addr)
         uvm.uvmexp.cow_copies += 1
         with amap.lock:
@@ -249,6 +251,8 @@ async def _upper(
             with anon.lock:
                 anon.ref -= 1  # others still hold it: its ref was > 1
             amap_add(amap, slot, nanon, replace=True)
+        if amap.shared:
+            _protect_for_sharers(uvm, pg)
         npg.flags &= ~PG_FAKE
         pagemarkdirty(npg)  # no slot holds the copy
         page_unbusy(uvm, npg)
@@ -344,8 +348,7 @@ async def _promote(
         page_unbusy(uvm, opg)
         nanon.ref = 0
         await anfree(uvm, nanon)
-        err = await uvm_wait(uvm, "uvm_fault", 1, since)
-        return err or errno.ERESTART
+        return await _wait_memory(uvm, since)
     uvm.physmem.copy(opg.phys_addr, npg.phys_addr)
     uvm.uvmexp.cow_copies += 1
     pageactivate(uvm, opg)
@@ -354,12 +357,42 @@ async def _promote(
     pagemarkdirty(npg)
     with amap.lock:
         amap_add(amap, slot, nanon)
+    if amap.shared:
+        _protect_for_sharers(uvm, opg)
     ok = _enter(vm, pgva, npg, enter_prot, access, wired)
     page_unbusy(uvm, npg)
     if not ok:
         pageactivate(uvm, npg)
         return await _shortage(vm, since)
     return 0
+
+
+def _protect_for_sharers(uvm: Uvm, pg: VmPage) -> None:
+    """A page was copied into a new anon of a *shared* amap: every sharer must stop using
+    the old page, but the amap does not know which maps share it, so every mapping of the
+    page goes (kernel: pmap_page_protect(pg, VM_PROT_NONE) in uvm_fault) -- wired ones
+    included, which is the seed's ptrace story.  With VM_FAULT_WIREMAX no private mapping
+    wires a vnode page any more; what is left is a MAP_SHARED mapping that a process has
+    wired (the case the seed leaves open).  That mapping belongs to no amap and must keep
+    the page, so this project enters it again at once, wired as before (``shared_wired_kept``),
+    instead of letting the later unwire skip it and leave the page wired for ever.
+    """
+    keep: list[tuple[VmMap, Pte]] = []
+    for pte in pg.pvlist or []:
+        if not pte.wired:
+            continue
+        for vm in uvm.maps:
+            if vm.pmap is pte.pmap:
+                with vm.lock:
+                    e = uvm_map_lookup_entry(vm, pte.va)
+                if e is not None and e.wired_count and not e.copy_on_write:
+                    keep.append((vm, pte))
+                break
+    pmap_page_protect(uvm, pg, 0)
+    for vm, pte in keep:
+        pmap_enter(vm.pmap, pte.va, pg, pte.prot, PMAP_WIRED)  # a pv entry was just freed
+        pmap_update(vm.pmap)
+        uvm.uvmexp.shared_wired_kept += 1
 
 
 async def _zero_fill(
@@ -383,8 +416,7 @@ async def _zero_fill(
     if npg is None:
         nanon.ref = 0
         await anfree(uvm, nanon)
-        err = await uvm_wait(uvm, "uvm_fault", 1, since)
-        return err or errno.ERESTART
+        return await _wait_memory(uvm, since)
     uvm.physmem.zero(npg.phys_addr)
     uvm.uvmexp.zero_fills += 1
     npg.flags &= ~PG_FAKE
@@ -402,18 +434,28 @@ async def _zero_fill(
 # --- wiring -------------------------------------------------------------------------------
 
 
-async def uvm_fault_wire(vm: VmMap, start: int, end: int, access: int, fault_type: int) -> int:
-    """Fault in and wire every page of [start, end) for ``access`` (kernel: uvm_fault_wire);
-    on failure unwire what was wired and return the errno.  => may sleep; map unlocked."""
+async def _wire_range(
+    vm: VmMap, start: int, end: int, access: int, fault_type: int
+) -> tuple[int, int]:
+    """Fault in and wire the pages of [start, end) in order: (0, end), or (errno, the
+    address that failed) with the pages before it left wired."""
     ps = vm.uvm.page_size
     va = start
     while va < end:
         err = await uvm_fault(vm, va, access, fault_type)
         if err:
-            uvm_fault_unwire(vm, start, va)
-            return err
+            return err, va
         va += ps
-    return 0
+    return 0, end
+
+
+async def uvm_fault_wire(vm: VmMap, start: int, end: int, access: int, fault_type: int) -> int:
+    """Fault in and wire every page of [start, end) for ``access`` (kernel: uvm_fault_wire);
+    on failure unwire what was wired and return the errno.  => may sleep; map unlocked."""
+    err, va = await _wire_range(vm, start, end, access, fault_type)
+    if err:
+        uvm_fault_unwire(vm, start, va)
+    return err
 
 
 def uvm_fault_unwire(vm: VmMap, start: int, end: int) -> None:
@@ -469,11 +511,14 @@ async def uvm_map_pageable(vm: VmMap, start: int, end: int, wire: bool) -> int:
     entries wired.  Pass 2, unlocked: ``uvm_fault_wire`` with VM_FAULT_WIREMAX each entry
     that just became wired, so that a private mapping's pages are anon copies from the
     start (the seed's fix for the ptrace story).  On failure every entry wired here is
-    unwired again.  Locks do not stack (POSIX): an mlocked range is not wired twice, and
-    one munlock unwires it.
+    unwired again (the private pages already copied stay copied).  The caller keeps the
+    map from changing meanwhile (kernel: the map is marked busy for pass 2): the control
+    channel runs one process command at a time.  Locks do not stack (POSIX): an mlocked
+    range is not wired twice, and one munlock unwires it.
 
     Returns:
-        0; ENOMEM when part of the range is not mapped; or the fault's errno.
+        0; ENOMEM when part of the range is not mapped; EAGAIN when it would wire more
+        than ``wiredmax`` pages in all; or the fault's errno.
 
     => may sleep (pass 2).
     """
@@ -489,13 +534,17 @@ async def uvm_map_pageable(vm: VmMap, start: int, end: int, wire: bool) -> int:
                     uvm_map_entry_unwire(vm, e)
             vm.timestamp += 1
             return 0
+        want = sum((e.end - e.start) >> vm.uvm.page_shift for e in entries if not e.wired_count)
+        exp = vm.uvm.uvmexp
+        if exp.wired + want > exp.wiredmax:
+            return errno.EAGAIN  # the system's wiring limit (kernel: uvmexp.wiredmax)
         new: list[VmMapEntry] = []
         drops: list[tuple[VmAmap, int, int]] = []
         for e in entries:
             if e.wired_count:
                 continue
             if e.needs_copy and (e.maxprot & _P_WRITE or e.obj is None):
-                old = _resolve_needs_copy(vm, e)
+                old = amap_copy_entry(vm, e)
                 if old is not None:
                     drops.append(old)
             e.wired_count = 1
@@ -504,14 +553,15 @@ async def uvm_map_pageable(vm: VmMap, start: int, end: int, wire: bool) -> int:
     for amap, slot, n in drops:
         await amap_unref_range(vm.uvm, amap, slot, n)
     for i, e in enumerate(new):
-        err = await uvm_fault_wire(vm, e.start, e.end, _P_READ, VM_FAULT_WIREMAX)
+        err, va = await _wire_range(vm, e.start, e.end, _P_READ, VM_FAULT_WIREMAX)
         if err:
+            # Undo: the entries first (so that the pmap wirings go too), then the pages.
             with vm.lock:
-                for undo in new[:i]:
-                    if undo.wired_count:
-                        uvm_map_entry_unwire(vm, undo)
-                for undo in new[i:]:
+                for undo in new:
                     undo.wired_count = 0
+                for undo in new[:i]:
+                    uvm_fault_unwire_locked(vm, undo.start, undo.end)
+                uvm_fault_unwire_locked(vm, e.start, va)
                 vm.timestamp += 1
             return err
     return 0

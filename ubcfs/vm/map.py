@@ -29,9 +29,18 @@ refuses it before taking its lock (Thorpe).
 from __future__ import annotations
 
 import enum
+import errno
 from typing import TYPE_CHECKING, Final, Protocol
 
-from ubcfs.vm.amap import VmAmap, amap_alloc, amap_splitref, amap_unref_range
+from ubcfs.vm.amap import (
+    VmAmap,
+    amap_alloc,
+    amap_copy,
+    amap_cow_now,
+    amap_ref_range,
+    amap_splitref,
+    amap_unref_range,
+)
 from ubcfs.vm.diag import SimpleLock, panic
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import Pmap, pmap_create, pmap_destroy, pmap_protect, pmap_remove, pmap_update
@@ -368,8 +377,6 @@ def uvm_map_protect(vm: VmMap, start: int, end: int, prot: int) -> int:
 
     => takes the map lock; never sleeps.
     """
-    import errno
-
     with vm.lock:
         if not range_is_mapped(vm, start, end):
             return errno.ENOMEM
@@ -393,6 +400,27 @@ async def uvmspace_free(vm: VmMap) -> None:
     vm.uvm.maps.discard(vm)
 
 
+def amap_copy_entry(vm: VmMap, entry: VmMapEntry) -> tuple[VmAmap, int, int] | None:
+    """Resolve ``needs_copy``: the entry gets an amap of its own -- a copy of the one it
+    shared since fork, or a new one (kernel: amap_copy, as uvmfault_amapcopy and
+    uvm_map_extract call it).  Returns the shared amap's slot range whose reference the
+    caller must drop with ``amap_unref_range`` once the map is unlocked, or None.
+    => map locked."""
+    uvm = vm.uvm
+    old = entry.amap
+    npages = (entry.end - entry.start) >> uvm.page_shift
+    drop = None
+    if old is None:
+        amap_for(vm, entry)
+    elif old.ref > 1:
+        drop = (old, entry.amap_off, npages)
+        entry.amap = amap_copy(uvm, old, entry.amap_off, npages)
+        entry.amap_off = 0
+    entry.needs_copy = False
+    vm.timestamp += 1
+    return drop
+
+
 def amap_for(vm: VmMap, entry: VmMapEntry) -> VmAmap:
     """Give ``entry`` an amap of its own if it has none (kernel: amap_copy with
     AMAP_COPY_NOCHUNK for a new one).  => map locked."""
@@ -403,3 +431,123 @@ def amap_for(vm: VmMap, entry: VmMapEntry) -> VmAmap:
         entry.amap_off = 0
         vm.timestamp += 1
     return entry.amap
+
+
+# --- fork and extraction ------------------------------------------------------------------
+
+
+def _copy_entry(e: VmMapEntry) -> VmMapEntry:
+    ne = VmMapEntry(
+        e.start, e.end, e.obj, e.offset, e.prot, e.maxprot, e.inherit, e.copy_on_write, e.objref
+    )
+    _reference(ne)
+    return ne
+
+
+async def uvmspace_fork(parent: VmMap, child: VmMap) -> int:
+    """Fill the empty ``child`` from ``parent`` by each entry's inheritance (kernel:
+    uvmspace_fork).  SHARE: the child maps the same object and amap (resolved now if the
+    parent's was pending, then marked shared).  COPY: the child shares the parent's amap
+    copy-on-write (``needs_copy`` on both, the parent's range write-protected) -- except
+    for an entry the parent has wired, whose pages may not be write-protected: the child's
+    copy is made at once (amap_cow_now).  Wiring is not inherited.  NONE: nothing.
+
+    Returns 0 or an errno (EAGAIN: a wired entry's anon is not resident).
+    => may sleep (the copies made at once).
+    """
+    uvm = parent.uvm
+    shift = uvm.page_shift
+    now: list[VmMapEntry] = []
+    drops: list[tuple[VmAmap, int, int]] = []
+    with parent.lock, child.lock:
+        if child.entries:
+            panic(f"uvmspace_fork: {child!r} is not empty")
+        for e in parent.entries:
+            if e.inherit == Inherit.NONE:
+                continue
+            ne = _copy_entry(e)
+            npages = (e.end - e.start) >> shift
+            if e.inherit == Inherit.SHARE:
+                if e.needs_copy:
+                    drop = amap_copy_entry(parent, e)
+                    if drop is not None:
+                        drops.append(drop)
+                if e.amap is not None:
+                    amap_ref_range(e.amap, e.amap_off, npages, True)
+                    ne.amap, ne.amap_off = e.amap, e.amap_off
+            else:
+                ne.copy_on_write = True
+                ne.needs_copy = True
+                if e.amap is not None:
+                    amap_ref_range(e.amap, e.amap_off, npages, False)
+                    ne.amap, ne.amap_off = e.amap, e.amap_off
+                    if e.wired_count:
+                        now.append(ne)
+                    else:
+                        e.needs_copy = True
+                        pmap_protect(parent.pmap, e.start, e.end, e.prot & ~Prot.WRITE.value)
+            child.entries.append(ne)
+        pmap_update(parent.pmap)
+        parent.timestamp += 1
+        child.timestamp += 1
+    for amap, slot, n in drops:
+        await amap_unref_range(uvm, amap, slot, n)
+    for ne in now:
+        with child.lock:
+            drop = amap_copy_entry(child, ne)
+        if drop is not None:
+            await amap_unref_range(uvm, *drop)
+        assert ne.amap is not None
+        err = await amap_cow_now(uvm, ne.amap)
+        if err:
+            return err
+    return 0
+
+
+async def uvm_map_extract(src: VmMap, start: int, end: int, dst: VmMap) -> tuple[int, int]:
+    """Map [start, end) of ``src`` into ``dst`` as well (kernel: uvm_map_extract with
+    UVM_EXTRACT_FIXPROT, as uvm_io uses it for ptrace): each private entry first gets an
+    amap of its own, which the new entry then shares (AMAP_SHARED), so that a write through
+    ``dst`` is seen by ``src``; a shared entry's object is simply mapped again.  The new
+    entries have their maximum protection (a debugger writes into read-only text).
+
+    Returns (0, address in ``dst``), or (ENOMEM, 0) when [start, end) is not all mapped or
+    ``dst`` is full.  => may sleep (dropping a reference to an amap shared since fork).
+    """
+    uvm = src.uvm
+    shift = uvm.page_shift
+    drops: list[tuple[VmAmap, int, int]] = []
+    made: list[VmMapEntry] = []
+    with src.lock:
+        if not range_is_mapped(src, start, end):
+            return errno.ENOMEM, 0
+        with dst.lock:
+            base = _find_space(dst, end - start)
+        if base < 0:
+            return errno.ENOMEM, 0
+        for e in clip_range(src, start, end):
+            private = e.copy_on_write or e.obj is None
+            if private and (e.needs_copy or e.amap is None):
+                drop = amap_copy_entry(src, e)
+                if drop is not None:
+                    drops.append(drop)
+            ne = _copy_entry(e)
+            ne.start = base + (e.start - start)
+            ne.end = base + (e.end - start)
+            ne.prot = e.maxprot
+            ne.inherit = Inherit.NONE
+            if e.amap is not None:
+                amap_ref_range(e.amap, e.amap_off, (e.end - e.start) >> shift, True)
+                ne.amap, ne.amap_off = e.amap, e.amap_off
+            made.append(ne)
+        src.timestamp += 1
+    with dst.lock:
+        for ne in made:
+            i = 0
+            while i < len(dst.entries) and dst.entries[i].start < ne.start:
+                i += 1
+            dst.entries.insert(i, ne)
+        dst.timestamp += 1
+    for amap, slot, n in drops:
+        await amap_unref_range(uvm, amap, slot, n)
+    return 0, base

@@ -298,6 +298,11 @@ def _vpns_in_range(pmap: Pmap, sva: int, eva: int) -> list[int]:
     return out
 
 
+def pmap_resident_in(pmap: Pmap, sva: int, eva: int) -> int:
+    """How many pages of [sva, eva) have a translation (cheap for sparse pmaps)."""
+    return len(_vpns_in_range(pmap, sva, eva))
+
+
 def pmap_entries(pmap: Pmap) -> dict[int, Pte]:
     """Every translation of ``pmap``: virtual page number -> Pte (the managed mapping's own
     Pte; a new Pte describing a kenter slot).  Not a hot path."""

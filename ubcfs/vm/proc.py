@@ -32,9 +32,11 @@ from ubcfs.vm.map import (
     VmMap,
     range_is_mapped,
     uvm_map,
+    uvm_map_extract,
     uvm_map_protect,
     uvm_unmap,
     uvmspace_alloc,
+    uvmspace_fork,
     uvmspace_free,
 )
 from ubcfs.vm.param import Prot
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
 
 _P_READ = Prot.READ.value
 _P_WRITE = Prot.WRITE.value
+
+# The largest mapping (an amap keeps per-slot counts once clipped: 8 bytes a page).
+MAX_MAP_SIZE = 1 << 32
 
 # A fault that keeps being resolved and keeps faulting again (the pagedaemon taking the page
 # between the fault and the retried access, every time) gives up after this many rounds.
@@ -79,6 +84,9 @@ class ProcTable:
         self.uvm = uvm
         self.procs: dict[int, Proc] = {}
         self._next = 1
+        # The kernel's map for uvm_io's temporary mappings (its own pmap here, apart from
+        # the UBC windows' kernel pmap).
+        self.kernel_map = uvmspace_alloc(uvm, "kernel_map")
 
     def proc_new(self) -> Proc:
         """A new process with an empty address space."""
@@ -87,6 +95,45 @@ class ProcTable:
         proc = Proc(pid, uvmspace_alloc(self.uvm, f"proc{pid}"))
         self.procs[pid] = proc
         return proc
+
+    async def fork(self, parent: Proc) -> tuple[int, Proc | None]:
+        """A child with a copy of ``parent``'s address space by inheritance (kernel:
+        fork1 -> uvmspace_fork).  Returns (0, child) or (errno, None); a failed fork
+        leaves no child behind.  => may sleep."""
+        child = self.proc_new()
+        err = await uvmspace_fork(parent.vm, child.vm)
+        if err:
+            await self.exit(child)
+            return err, None
+        return 0, child
+
+    async def ptrace_write(self, proc: Proc, va: int, data: bytes) -> int:
+        """A debugger writes ``data`` into ``proc`` at ``va`` (kernel: process_domem ->
+        uvm_io): the range is extracted into a kernel map (private entries' amaps shared
+        with it), the kernel stores through that mapping -- which may be read-only in the
+        process: the kernel's mapping has the maximum protection -- and the extraction is
+        removed.  Returns 0 or an errno.  => may sleep."""
+        uvm = self.uvm
+        if not data or va < 0 or va + len(data) > VM_MAX_ADDRESS:
+            return errno.EINVAL
+        start = va & ~uvm.page_mask
+        end = _round(uvm, va + len(data))
+        kmap = self.kernel_map
+        err, kva = await uvm_map_extract(proc.vm, start, end, kmap)
+        if err:
+            return err
+        try:
+            for _ in range(MAX_REFAULTS):
+                try:
+                    store(kmap.pmap, kva + (va - start), data)
+                    return 0
+                except PageFault as pf:
+                    err = await uvm_fault(kmap, pf.va, pf.access)
+                    if err:
+                        return err
+            return errno.EAGAIN
+        finally:
+            await uvm_unmap(kmap, kva, kva + (end - start))
 
     def get(self, pid: int) -> Proc | None:
         """The live process ``pid``, or None."""
@@ -102,9 +149,10 @@ class ProcTable:
         self.procs.pop(proc.pid, None)
 
     async def exit_all(self) -> None:
-        """Every process exits (the mount goes)."""
+        """Every process exits (the mount goes), and the kernel map is torn down."""
         for proc in list(self.procs.values()):
             await self.exit(proc)
+        await uvmspace_free(self.kernel_map)
 
 
 def check_range(uvm: Uvm, va: int, length: int) -> int:
@@ -132,13 +180,16 @@ def sys_mmap(
     """Map ``length`` bytes of ``obj`` from ``offset`` (anonymous memory when None).
 
     Returns (0, address) or (errno, 0): EINVAL for a bad length, offset or protection,
-    ENOMEM when the address space is full.  A shared mapping may be written only if
-    ``prot`` says so; a private one always may be made writable (its maximum protection
-    includes write: its writes go to anons).  => never sleeps.
+    ENOMEM when the address space is full or ``length`` exceeds ``MAX_MAP_SIZE``.  A
+    shared mapping may be written only if ``prot`` says so; a private one always may be
+    made writable (its maximum protection includes write: its writes go to anons).
+    => never sleeps.
     """
     uvm = proc.vm.uvm
-    if length <= 0 or length > VM_MAX_ADDRESS or offset < 0 or offset & uvm.page_mask:
+    if length <= 0 or offset < 0 or offset & uvm.page_mask or offset > VM_MAX_ADDRESS:
         return errno.EINVAL, 0
+    if length > MAX_MAP_SIZE:
+        return errno.ENOMEM, 0
     if prot & ~Prot.ALL.value or not prot & _P_READ:
         return errno.EINVAL, 0
     size = _round(uvm, length)

@@ -131,6 +131,8 @@ class Uvmexp:
     swap_shortage_drops: int = 0  # slots of resident pages freed by the active scan
     cow_copies: int = 0  # pages copied to a new anon (amap_cow_now, a fault's COW or promotion)
     fault_intrsafe: int = 0  # faults refused on an interrupt-safe map
+    fault_nomem: int = 0  # faults that gave up waiting for memory (ENOMEM)
+    shared_wired_kept: int = 0  # wired MAP_SHARED mappings kept through a shared-amap copy
     aobj_nomem: int = 0  # aobj allocations failed with ENOSPC: no memory and no swap room
 
     def as_dict(self) -> dict[str, int]:

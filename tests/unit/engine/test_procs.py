@@ -21,7 +21,7 @@ from tests.unit.engine.enginetools import (
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm import audit
-from ubcfs.vm.fault import VM_FAULT_NORMAL, uvm_fault
+from ubcfs.vm.fault import FAULT_NOMEM_WAIT, VM_FAULT_NORMAL, uvm_fault
 from ubcfs.vm.map import VM_MAP_INTRSAFE, uvm_map_lookup_entry, uvmspace_alloc
 from ubcfs.vm.page import PG_BUSY
 from ubcfs.vm.param import Prot
@@ -107,7 +107,8 @@ async def test_private_mapping_copies_on_write(tmp_path: Path) -> None:
         assert eng.uvm.uvmexp.cow_copies == copies + 1
         assert await proc_load(a, va, 8) == (0, b"PRIV" + data[4:8])
         assert await proc_load(b, vb, 4) == (0, data[:4])
-        _err, got = await eng.read(vp, 0, 4)
+        err, got = await eng.read(vp, 0, 4)
+        assert err == 0
         assert bytes(got) == data[:4]
         _mapmap(eng, procs)
         await procs.exit_all()
@@ -426,5 +427,256 @@ async def test_partial_munmap_of_anonymous_memory_frees_its_anons() -> None:
         assert (await proc_load(p, va + 2 * PAGE, 1))[0] == errno.EFAULT
         _mapmap(eng, procs)
         await procs.exit(p)
+        assert eng.uvm.uvmexp.anonpages == 0
+        assert_sound(eng)
+
+
+# --- fork -----------------------------------------------------------------------------------
+
+
+async def test_fork_copies_private_memory_on_write() -> None:
+    """After fork, parent and child share anonymous pages until one writes: each then has
+    its own copy; the other keeps the old data."""
+    async with new_engine().running() as eng:
+        procs = ProcTable(eng.uvm)
+        parent = procs.proc_new()
+        _, va = sys_mmap(parent, 2 * PAGE, None, 0, RW, private=True)
+        assert await proc_store(parent, va, b"before") == 0
+        assert await proc_store(parent, va + PAGE, b"second") == 0
+        err, child = await procs.fork(parent)
+        assert err == 0
+        assert child is not None
+        assert await proc_load(child, va, 6) == (0, b"before")
+        # A read fault of the child maps the shared page read-only: its write then copies.
+        assert await proc_load(child, va + PAGE, 6) == (0, b"second")
+        assert await proc_store(child, va + PAGE, b"CHILD2") == 0
+        assert await proc_load(parent, va + PAGE, 6) == (0, b"second")
+        assert await proc_store(parent, va, b"parent") == 0
+        assert await proc_load(child, va, 6) == (0, b"before")
+        assert await proc_store(child, va, b"child!") == 0
+        assert await proc_load(parent, va, 6) == (0, b"parent")
+        assert await proc_load(child, va, 6) == (0, b"child!")
+        _mapmap(eng, procs)
+        await procs.exit(parent)
+        assert await proc_load(child, va, 6) == (0, b"child!")
+        await procs.exit_all()
+        assert eng.uvm.uvmexp.anonpages == 0
+        assert not eng.uvm.amaps
+        assert_sound(eng)
+
+
+async def test_fork_of_a_private_file_mapping(tmp_path: Path) -> None:
+    """A child's read of a page its parent had promoted maps the shared anon read-only
+    (the entry still needs its amap copied): the child's write then copies it."""
+    data = pattern(15, PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        parent = procs.proc_new()
+        _, va = sys_mmap(parent, PAGE, vp.uobj, 0, RW, private=True)
+        assert await proc_store(parent, va, b"mine") == 0
+        _, child = await procs.fork(parent)
+        assert child is not None
+        assert await proc_load(child, va, 4) == (0, b"mine")
+        assert await proc_store(child, va, b"kid!") == 0
+        assert await proc_load(parent, va, 4) == (0, b"mine")
+        assert await proc_load(child, va, 8) == (0, b"kid!" + data[4:8])
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+    assert (tmp_path / "f").read_bytes() == data
+
+
+async def test_fork_shares_a_shared_anonymous_mapping() -> None:
+    async with new_engine().running() as eng:
+        procs = ProcTable(eng.uvm)
+        parent = procs.proc_new()
+        _, shared = sys_mmap(parent, PAGE, None, 0, RW, private=False)
+        assert await proc_store(parent, shared, b"one") == 0
+        _, child = await procs.fork(parent)
+        assert child is not None
+        assert await proc_store(child, shared, b"two") == 0
+        assert await proc_load(parent, shared, 3) == (0, b"two")  # same anon: shared memory
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert_sound(eng)
+
+
+async def test_fork_of_a_wired_entry_copies_for_the_child_at_once() -> None:
+    """The parent's wired pages may not be write-protected (the parent would fault on a
+    wired mapping): the child gets its copies at fork time, the parent keeps its wiring."""
+    async with new_engine().running() as eng:
+        procs = ProcTable(eng.uvm)
+        parent = procs.proc_new()
+        _, va = sys_mmap(parent, PAGE, None, 0, RW, private=True)
+        assert await proc_store(parent, va, b"wired") == 0
+        assert await sys_mlock(parent, va, PAGE) == 0
+        _, child = await procs.fork(parent)
+        assert child is not None
+        pte = _pte(parent, va)
+        assert pte is not None
+        assert pte.wired
+        assert pte.prot & Prot.WRITE, "fork write-protected a wired mapping"
+        faults = eng.uvm.uvmexp.faults
+        assert await proc_store(parent, va, b"WIRED") == 0
+        assert eng.uvm.uvmexp.faults == faults
+        assert await proc_load(child, va, 5) == (0, b"wired")
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert eng.uvm.uvmexp.wired == 0
+        assert_sound(eng)
+
+
+# --- ptrace ---------------------------------------------------------------------------------
+
+
+async def test_ptrace_into_mlocked_private_mapping(tmp_path: Path) -> None:
+    """Scenario 2 (PRs 10363 ... 14853): A maps a "library" MAP_PRIVATE and mlocks it; a
+    debugger writes into B's copy through uvm_map_extract; the promotion in the shared amap
+    removes every mapping of the vnode page -- but A's wired pages are anon copies made at
+    mlock time (WIREMAX), so A loses nothing; B exits; A munlocks with nothing skipped."""
+    lib = pattern(12, 2 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, lib, "lib.so")
+        procs = ProcTable(eng.uvm)
+        a, b = procs.proc_new(), procs.proc_new()
+        _, va = sys_mmap(a, 2 * PAGE, vp.uobj, 0, R, private=True)
+        _, vb = sys_mmap(b, 2 * PAGE, vp.uobj, 0, R, private=True)
+        assert await sys_mlock(a, va, 2 * PAGE) == 0
+        assert await proc_load(b, vb, 4) == (0, lib[:4])
+        assert await procs.ptrace_write(b, vb + 8, b"\xcc\xcc") == 0  # a breakpoint
+        assert await proc_load(b, vb, 12) == (0, lib[:8] + b"\xcc\xcc" + lib[10:12])
+        assert await proc_load(a, va, 12) == (0, lib[:12])
+        err, got = await eng.read(vp, 0, 12)
+        assert err == 0
+        assert bytes(got) == lib[:12]  # the file is untouched
+        _mapmap(eng, procs)
+        await procs.exit(b)
+        skips = eng.uvm.uvmexp.unwire_skips
+        assert await sys_munlock(a, va, 2 * PAGE) == 0
+        assert eng.uvm.uvmexp.unwire_skips == skips, "A's wired mapping was stripped"
+        assert eng.uvm.uvmexp.wired == 0
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_ptrace_with_a_wired_shared_mapping_keeps_it(tmp_path: Path) -> None:
+    """Scenario 2's MAP_SHARED variant, which the seed leaves open: A wires the vnode page
+    itself (MAP_SHARED, mlock); the promotion in B's shared amap removes every mapping of
+    that page, A's wired one too.  This project enters A's mapping again at once
+    (``shared_wired_kept``): A keeps seeing the file, its munlock skips nothing, and the
+    page is not left wired."""
+    lib = pattern(13, PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, lib, "lib.so")
+        procs = ProcTable(eng.uvm)
+        a, b = procs.proc_new(), procs.proc_new()
+        _, va = sys_mmap(a, PAGE, vp.uobj, 0, R, private=False)
+        _, vb = sys_mmap(b, PAGE, vp.uobj, 0, R, private=True)
+        assert await sys_mlock(a, va, PAGE) == 0
+        assert await proc_load(b, vb, 4) == (0, lib[:4])
+        assert await procs.ptrace_write(b, vb, b"BP") == 0
+        assert eng.uvm.uvmexp.shared_wired_kept == 1
+        pte = _pte(a, va)
+        assert pte is not None
+        assert pte.wired
+        assert await proc_load(a, va, 4) == (0, lib[:4])
+        assert await proc_load(b, vb, 4) == (0, b"BP" + lib[2:4])
+        _mapmap(eng, procs)
+        await procs.exit(b)
+        skips = eng.uvm.uvmexp.unwire_skips
+        assert await sys_munlock(a, va, PAGE) == 0
+        assert eng.uvm.uvmexp.unwire_skips == skips
+        assert eng.uvm.uvmexp.wired == 0
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_ptrace_write_errors(tmp_path: Path) -> None:
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(14, PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, R, private=True)
+        assert await procs.ptrace_write(p, va + 8 * PAGE, b"x") == errno.ENOMEM
+        assert await procs.ptrace_write(p, va, b"") == errno.EINVAL
+        assert await procs.ptrace_write(p, va + PAGE, b"x") == errno.EINVAL  # past EOF
+        assert not procs.kernel_map.entries
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_a_tmpfs_files_mapping_ends_at_its_eof() -> None:
+    """A mapping of a tmpfs file (an aobj's data): past its end a load is EINVAL (SIGBUS),
+    as tmpfs_getpages refuses; a truncation below a wired page frees it as for a backing
+    file, and the unwire skips it."""
+    async with new_engine().running() as eng:
+        vp = eng.new_anon_vnode("t", (0, 1), 0, 0)
+        vp.usecount = 1
+        assert await eng.write(vp, 0, pattern(16, 2 * PAGE)) == (0, 2 * PAGE)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await proc_load(p, va + PAGE, 4) == (0, pattern(16, 2 * PAGE)[PAGE : PAGE + 4])
+        assert (await proc_load(p, va + 2 * PAGE, 1))[0] == errno.EINVAL
+        assert await sys_mlock(p, va, 2 * PAGE) == 0
+        assert await eng.truncate(vp, PAGE) == 0
+        assert (await proc_load(p, va + PAGE, 1))[0] == errno.EINVAL
+        skips = eng.uvm.uvmexp.unwire_skips
+        await procs.exit_all()
+        assert eng.uvm.uvmexp.unwire_skips == skips + 1
+        assert eng.uvm.uvmexp.wired == 0
+        assert_sound(eng)
+
+
+async def test_a_failed_mlock_leaves_nothing_wired(tmp_path: Path) -> None:
+    """mlock of a mapping that runs past EOF fails at the first page past it (EINVAL); the
+    pages wired before it are unwired again, PTEs included, and the private pages copied
+    before it stay the process's own copies."""
+    data = pattern(17, 2 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, shared = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        _, private = sys_mmap(p, 4 * PAGE, vp.uobj, 0, R, private=True)
+        assert await sys_mlock(p, shared, 4 * PAGE) == errno.EINVAL
+        assert await sys_mlock(p, private, 4 * PAGE) == errno.EINVAL
+        assert eng.uvm.uvmexp.wired == 0
+        assert p.vm.pmap.wired_count == 0
+        assert all(e.wired_count == 0 for e in p.vm.entries)
+        assert await eng.write(vp, 0, b"NEW!") == (0, 4)
+        assert await proc_load(p, shared, 4) == (0, b"NEW!")
+        assert await proc_load(p, private, 4) == (0, data[:4])  # copied by the mlock
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_anonymous_memory_beyond_physical_memory_fails_cleanly() -> None:
+    """With no swap, touching more anonymous memory than the machine has cannot be met:
+    the fault gives up after FAULT_NOMEM_WAIT seconds with ENOMEM (no hang), and the
+    process's exit gives every page back."""
+    async with new_engine().running() as eng:
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        npages = eng.uvm.uvmexp.npages
+        _, va = sys_mmap(p, 2 * npages * PAGE, None, 0, RW, private=True)
+        err = 0
+        with trio.fail_after(4 * FAULT_NOMEM_WAIT):
+            for i in range(2 * npages):
+                err = await proc_store(p, va + i * PAGE, b"x")
+                if err:
+                    break
+        assert err == errno.ENOMEM
+        assert eng.uvm.uvmexp.fault_nomem >= 1
+        _mapmap(eng, procs)
+        await procs.exit_all()
         assert eng.uvm.uvmexp.anonpages == 0
         assert_sound(eng)
