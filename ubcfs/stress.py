@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ubcfs.ctl.client import ControlClient, CtlError
+from ubcfs.procmodel import GONE, PAGE, FileM, MapM, ProcM
 
-PAGE: Final = 4096
 MAX_MAP_PAGES: Final = 6
 MAX_FILE_PAGES: Final = 8
 MAX_MAPS: Final = 6
@@ -59,48 +59,6 @@ KINDS: Final = (
 
 
 @dataclass
-class FileM:
-    """A file as the model knows it."""
-
-    path: Path
-    rel: str
-    data: bytearray
-
-
-@dataclass
-class MapM:
-    """A mapping of a model process."""
-
-    addr: int
-    npages: int
-    file: FileM
-    offset: int
-    private: bool
-    writable: bool
-    locked: bool = False
-    # Private pages that are the process's own: page index -> (bytes, known-mask).
-    own: dict[int, tuple[bytearray, bytearray]] = field(default_factory=dict)
-
-    def copy(self) -> MapM:
-        return MapM(
-            self.addr,
-            self.npages,
-            self.file,
-            self.offset,
-            self.private,
-            self.writable,
-            False,
-            {i: (bytearray(d), bytearray(k)) for i, (d, k) in self.own.items()},
-        )
-
-
-@dataclass
-class ProcM:
-    pid: int
-    maps: list[MapM] = field(default_factory=list)
-
-
-@dataclass
 class Stats:
     ops: dict[str, int] = field(default_factory=dict)
     failed_as_expected: int = 0
@@ -114,10 +72,6 @@ class Stats:
         self.nmismatches += 1
         if len(self.mismatches) < REPORT_LIMIT:
             self.mismatches.append(text)
-
-
-def _round_up(n: int) -> int:
-    return (n + PAGE - 1) // PAGE * PAGE
 
 
 class Stress:
@@ -141,6 +95,7 @@ class Stress:
         self.out = out
         self.dir = self.mnt / f".ubcfs-stress-{seed}"
         self.files: list[FileM] = []
+        self.paths: dict[str, Path] = {}  # file name (from the mount's root) -> path
         self.procs: list[ProcM] = []
         self.stats = Stats()
         self.kinds = [k for k, _ in KINDS]
@@ -154,7 +109,9 @@ class Stress:
             path = self.dir / f"f{i}"
             data = bytearray(self.rng.randbytes(self.rng.randrange(0, MAX_FILE_PAGES) * PAGE))
             path.write_bytes(data)
-            self.files.append(FileM(path, str(path.relative_to(self.mnt)), data))
+            rel = str(path.relative_to(self.mnt))
+            self.files.append(FileM(rel, data))
+            self.paths[rel] = path
         for _ in range(self.nprocs):
             self._new_proc()
 
@@ -162,8 +119,8 @@ class Stress:
         for p in list(self.procs):
             self._request("exit", {"pid": p.pid})
         self.procs.clear()
-        for f in self.files:
-            f.path.unlink(missing_ok=True)
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
         self.dir.rmdir()
 
     def _new_proc(self) -> None:
@@ -236,30 +193,6 @@ class Stress:
     def _file(self) -> FileM:
         return self.rng.choice(self.files)
 
-    def _page_state(self, m: MapM, i: int) -> tuple[str, bytes, bytes]:
-        """What page ``i`` of ``m`` is: ("own"|"file"|"gone", bytes, known-mask)."""
-        if m.private and i in m.own:
-            d, k = m.own[i]
-            return "own", bytes(d), bytes(k)
-        off = m.offset + i * PAGE
-        size = len(m.file.data)
-        if off >= _round_up(size):
-            return "gone", b"", b""
-        chunk = bytes(m.file.data[off : off + PAGE])
-        known = b"\x01" * len(chunk) + b"\x00" * (PAGE - len(chunk))
-        return "file", chunk.ljust(PAGE, b"\0"), known
-
-    def _promote(self, m: MapM, i: int) -> bool:
-        """A private page becomes the process's own (a copy of the file page); False if
-        there is no file page to copy (past EOF)."""
-        if i in m.own:
-            return True
-        state, data, known = self._page_state(m, i)
-        if state == "gone":
-            return False
-        m.own[i] = (bytearray(data), bytearray(known))
-        return True
-
     def _pick_map(self, writable: bool | None = None) -> tuple[ProcM, MapM] | None:
         cands = [
             (p, m) for p in self.procs for m in p.maps if writable is None or m.writable == writable
@@ -284,21 +217,19 @@ class Stress:
         n = self.rng.randrange(1, 2 * PAGE)
         n = min(n, MAX_FILE_PAGES * PAGE - off) or 1
         data = self.rng.randbytes(n)
-        fd = os.open(f.path, os.O_WRONLY)
+        fd = os.open(self.paths[f.name], os.O_WRONLY)
         try:
             os.pwrite(fd, data, off)
         finally:
             os.close(fd)
-        if off > size:
-            f.data.extend(bytes(off - size))
-        f.data[off : off + n] = data
+        f.write(off, data)
 
     def op_read(self) -> None:
         f = self._file()
         size = len(f.data)
         off = self.rng.randrange(0, size + PAGE)
         n = self.rng.randrange(1, 2 * PAGE)
-        fd = os.open(f.path, os.O_RDONLY)
+        fd = os.open(self.paths[f.name], os.O_RDONLY)
         try:
             got = os.pread(fd, n, off)
         finally:
@@ -306,7 +237,7 @@ class Stress:
         want = bytes(f.data[off : off + n])
         if got != want:
             self.stats.mismatch(
-                f"read {f.rel} at {off}, {n} bytes: got {len(got)} bytes differing from the"
+                f"read {f.name} at {off}, {n} bytes: got {len(got)} bytes differing from the"
                 f" model's {len(want)} (first difference at {_first_diff(got, want)})"
             )
 
@@ -315,11 +246,8 @@ class Stress:
         size = self.rng.randrange(0, MAX_FILE_PAGES * PAGE)
         if self.rng.random() < 0.5:
             size = size // PAGE * PAGE
-        os.truncate(f.path, size)
-        if size < len(f.data):
-            del f.data[size:]
-        else:
-            f.data.extend(bytes(size - len(f.data)))
+        os.truncate(self.paths[f.name], size)
+        f.truncate(size)
 
     # --- operations of processes --------------------------------------------------------
 
@@ -337,14 +265,14 @@ class Stress:
             "mmap",
             {
                 "pid": p.pid,
-                "path": f.rel,
+                "path": f.name,
                 "offset": off,
                 "length": npages * PAGE,
                 "private": private,
                 "prot": "rw" if writable else "r",
             },
         )
-        self._expect(f"mmap {f.rel} in {p.pid}", ok, True, res)
+        self._expect(f"mmap {f.name} in {p.pid}", ok, True, res)
         if ok:
             p.maps.append(MapM(int(res["addr"]), npages, f, off, private, writable))
 
@@ -362,27 +290,16 @@ class Stress:
         if pick is None:
             return
         p, m = pick
-        want_ok = True
-        copies: list[int] = []  # private pages the wiring faults will copy, in order
-        if not m.locked:
-            # The wiring faults go page by page; a page past EOF fails the mlock, after
-            # the private pages before it were copied (VM_FAULT_WIREMAX).
-            for i in range(m.npages):
-                state = self._page_state(m, i)[0]
-                if state == "gone":
-                    want_ok = False
-                    break
-                if m.private and state == "file":
-                    copies.append(i)
+        want_ok, copies = m.mlock_outcome()
         ok, res = self._attempt("mlock", {"pid": p.pid, "addr": m.addr, "length": m.npages * PAGE})
         if not ok and "EAGAIN" in str(res):
             # The system's wiring limit (wiredmax): refused before any page was touched.
             self.stats.failed_as_expected += 1
             return
-        self._expect(f"mlock of {m.file.rel} in {p.pid}", ok, want_ok, res)
+        self._expect(f"mlock of {m.file.name} in {p.pid}", ok, want_ok, res)
         if ok == want_ok:
             for i in copies:
-                self._promote(m, i)
+                m.promote(i)
         if ok:
             m.locked = True
 
@@ -405,30 +322,16 @@ class Stress:
         i = self.rng.randrange(m.npages)
         start = self.rng.randrange(PAGE)
         n = self.rng.randrange(1, PAGE - start + 1)
-        state, data, known = self._page_state(m, i)
+        state = m.page(i)[0]
         va = m.addr + i * PAGE + start
         ok, res = self._attempt("load", {"pid": p.pid, "addr": va, "length": n})
-        what = f"load of {m.file.rel}+{m.offset + i * PAGE + start} in {p.pid}"
-        self._expect(what, ok, state != "gone", res)
-        if not ok or state == "gone":
+        what = f"load of {m.file.name}+{m.offset + i * PAGE + start} in {p.pid}"
+        self._expect(what, ok, state != GONE, res)
+        if not ok or state == GONE:
             return
-        got = bytes.fromhex(res["hex"])
-        for j in range(n):
-            if known[start + j] and got[j] != data[start + j]:
-                self.stats.mismatch(
-                    f"{what} ({'private copy' if state == 'own' else 'file page'}):"
-                    f" byte {start + j} is {got[j]:#04x}, the model says {data[start + j]:#04x}"
-                )
-                return
-
-    def _write_into(self, m: MapM, i: int, start: int, data: bytes) -> None:
-        if m.private:
-            d, k = m.own[i]
-            d[start : start + len(data)] = data
-            k[start : start + len(data)] = b"\x01" * len(data)
-        else:
-            off = m.offset + i * PAGE + start
-            m.file.data[off : off + len(data)] = data
+        bad = m.check_load(i, start, bytes.fromhex(res["hex"]))
+        if bad is not None:
+            self.stats.mismatch(f"{what} ({bad})")
 
     def _store_like(self, cmd: str, writable: bool | None) -> None:
         pick = self._pick_map(writable)
@@ -439,27 +342,15 @@ class Stress:
         start = self.rng.randrange(PAGE)
         n = self.rng.randrange(1, min(64, PAGE - start) + 1)
         data = self.rng.randbytes(n)
-        state = self._page_state(m, i)[0]
-        want_ok = state != "gone"
-        if not m.private and want_ok:
-            # Into the file's page: only where the file has bytes (what a store past EOF
-            # in the last page leaves there is not modelled).
-            room = len(m.file.data) - (m.offset + i * PAGE + start)
-            if room <= 0:
-                return
-            data = data[:room]
-        if cmd == "store" and not m.writable:
-            want_ok = False
-        if cmd == "ptrace-write" and not m.private and not m.writable:
-            want_ok = False  # the debugger's mapping has the maximum protection: r
+        want_ok, data = m.store_outcome(i, start, data, cmd == "ptrace-write")
+        if not data:
+            return  # a shared page's bytes past EOF: not modelled
         ok, res = self._attempt(
             cmd, {"pid": p.pid, "addr": m.addr + i * PAGE + start, "hex": data.hex()}
         )
-        self._expect(f"{cmd} into {m.file.rel} in {p.pid}", ok, want_ok, res)
+        self._expect(f"{cmd} into {m.file.name} in {p.pid}", ok, want_ok, res)
         if ok and want_ok:
-            if m.private:
-                self._promote(m, i)
-            self._write_into(m, i, start, data)
+            m.store(i, start, data)
 
     def op_store(self) -> None:
         self._store_like("store", None)
@@ -472,7 +363,7 @@ class Stress:
         ok, res = self._attempt("fork", {"pid": parent.pid})
         self._expect(f"fork of {parent.pid}", ok, True, res)
         if ok:
-            self.procs.append(ProcM(int(res["pid"]), [m.copy() for m in parent.maps]))
+            self.procs.append(ProcM(int(res["pid"]), [m.forked() for m in parent.maps]))
 
     def op_exit(self) -> None:
         p = self.rng.choice(self.procs)

@@ -88,6 +88,7 @@ class ProcCommands:
         # is marked busy across uvm_map_pageable's second pass).  File operations through
         # the mount go on meanwhile; that is what the VM's own rules are for.
         self.lock = trio.Lock()
+        self.closed = False
 
     def register(self, server: ControlServer) -> None:
         for name, handler in (
@@ -110,6 +111,8 @@ class ProcCommands:
     def _serialised(self, handler: Handler) -> Handler:
         async def run(args: dict[str, Any]) -> Any:
             async with self.lock:
+                if self.closed:
+                    raise CommandError("the mount is being unmounted: its processes are gone")
                 return await handler(args)
 
         return run
@@ -117,7 +120,9 @@ class ProcCommands:
     async def close(self) -> None:
         """Every process exits (the mount goes).  => may sleep."""
         async with self.lock:
-            await self.table.exit_all()
+            if not self.closed:
+                self.closed = True
+                await self.table.exit_all()
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -92,6 +92,11 @@ _P_WRITE: Final = Prot.WRITE.value
 
 FAULT_NOMEM_WAIT: Final = 5.0  # seconds a fault waits for memory before it fails
 
+# How a fault wires what it maps.
+_WIRE_NONE: Final = 0
+_WIRE_ENTRY: Final = 1  # an access in a wired entry (the page was unmapped meanwhile)
+_WIRE_FAULT: Final = 2  # a wiring fault: one more wiring of the page
+
 
 async def uvm_fault(vm: VmMap, va: int, access: int, fault_type: int = VM_FAULT_NORMAL) -> int:
     """Resolve a fault at ``va`` for ``access`` (Prot bits) in ``vm`` (kernel: uvm_fault).
@@ -139,7 +144,10 @@ async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: f
         check = entry.maxprot if fault_type == VM_FAULT_WIREMAX else entry.prot
         if access & ~check:
             return errno.EACCES
-        wired = fault_type != VM_FAULT_NORMAL or entry.wired_count > 0
+        if fault_type != VM_FAULT_NORMAL:
+            wired = _WIRE_FAULT
+        else:
+            wired = _WIRE_ENTRY if entry.wired_count > 0 else _WIRE_NONE
         enter_prot = entry.prot
         if wired:
             access = enter_prot  # full access for wired (seeds referenced and modified)
@@ -166,13 +174,19 @@ async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: f
     return await _lower(vm, entry, pgva, slot, stamp, enter_prot, access, wired, cow, since)
 
 
-def _enter(vm: VmMap, pgva: int, pg: VmPage, prot: int, access: int, wired: bool) -> bool:
-    """pmap_enter for a fault; False when the pv pool is empty (PMAP_CANFAIL)."""
+def _enter(vm: VmMap, pgva: int, pg: VmPage, prot: int, access: int, wired: int) -> bool:
+    """pmap_enter for a fault; False when the pv pool is empty (PMAP_CANFAIL).  A wiring
+    fault (mlock's, vslock's) wires the page once more; a fault in a wired entry wires it
+    unless this address already maps it wired (a protection fault there)."""
+    again = False
+    if wired == _WIRE_ENTRY:
+        old = pmap_lookup(vm.pmap, pgva >> vm.uvm.page_shift)
+        again = isinstance(old, Pte) and old.pg is pg and old.wired
     flags = (access & prot) | PMAP_CANFAIL | (PMAP_WIRED if wired else 0)
     if pmap_enter(vm.pmap, pgva, pg, prot, flags):
         return False
     uvm = vm.uvm
-    if wired:
+    if wired and not again:
         pagewire(uvm, pg)
     elif pg.wire_count == 0:
         pageactivate(uvm, pg)
@@ -207,7 +221,7 @@ async def _upper(
     slot: int,
     enter_prot: int,
     access: int,
-    wired: bool,
+    wired: int,
     cow: bool,
     since: float | None,
 ) -> int:
@@ -236,15 +250,10 @@ async def _upper(
     assert amap is not None
     if cow and anon.ref > 1:
         # Copy-on-write: this amap gets an anon of its own with a copy of the page.
-        nanon = analloc()
-        with nanon.lock:
-            npg = pagealloc(uvm, None, 0, anon=nanon)
-        if npg is None:
-            nanon.ref = 0
-            await anfree(uvm, nanon)
+        made = await _anon_alloc(uvm, pg)
+        if made is None:
             return await _wait_memory(uvm, since)
-        uvm.physmem.copy(pg.phys_addr, npg.phys_addr)
-        uvm.uvmexp.cow_copies += 1
+        nanon, npg = made
         with amap.lock:
             if amap_lookup(amap, slot) is not anon:
                 panic(f"uvm_fault: amap slot {slot} changed under a fault that did not sleep")
@@ -253,8 +262,6 @@ async def _upper(
             amap_add(amap, slot, nanon, replace=True)
         if amap.shared:
             _protect_for_sharers(uvm, pg)
-        npg.flags &= ~PG_FAKE
-        pagemarkdirty(npg)  # no slot holds the copy
         page_unbusy(uvm, npg)
         anon, pg = nanon, npg
     prot = enter_prot
@@ -268,6 +275,27 @@ async def _upper(
     return 0
 
 
+async def _anon_alloc(uvm: Uvm, src: VmPage | None) -> tuple[VmAnon, VmPage] | None:
+    """A new anon with a page holding a copy of ``src`` (or zeros), valid and dirty (no
+    slot holds it), still busy; None when memory is short (the anon is freed again)."""
+    nanon = analloc()
+    with nanon.lock:  # locked only once it exists (the seed's amap_cow_now order)
+        npg = pagealloc(uvm, None, 0, anon=nanon)
+    if npg is None:
+        nanon.ref = 0
+        await anfree(uvm, nanon)
+        return None
+    if src is None:
+        uvm.physmem.zero(npg.phys_addr)
+        uvm.uvmexp.zero_fills += 1
+    else:
+        uvm.physmem.copy(src.phys_addr, npg.phys_addr)
+        uvm.uvmexp.cow_copies += 1
+    npg.flags &= ~PG_FAKE
+    pagemarkdirty(npg)
+    return nanon, npg
+
+
 async def _lower(
     vm: VmMap,
     entry: VmMapEntry,
@@ -276,7 +304,7 @@ async def _lower(
     stamp: int,
     enter_prot: int,
     access: int,
-    wired: bool,
+    wired: int,
     cow: bool,
     since: float | None,
 ) -> int:
@@ -285,7 +313,7 @@ async def _lower(
     uvm = vm.uvm
     obj = entry.obj
     if obj is None:
-        return await _zero_fill(vm, entry, pgva, slot, enter_prot, access, wired, since)
+        return await _promote(vm, entry, pgva, slot, None, enter_prot, access, wired, since)
     assert obj.pgops is not None
     offset = entry.offset + (pgva - entry.start)
     promote = entry.copy_on_write and cow
@@ -328,36 +356,29 @@ async def _promote(
     entry: VmMapEntry,
     pgva: int,
     slot: int,
-    opg: VmPage,
+    opg: VmPage | None,
     enter_prot: int,
     access: int,
-    wired: bool,
+    wired: int,
     since: float | None,
 ) -> int:
-    """A write (or wiring for write) to a private mapping of an object page: copy it into
-    a new anon of the entry's amap (kernel: promote in uvm_fault's lower layer).
-    => ``opg`` is busy, ours; it is let go here."""
+    """Give the page a new anon in the entry's amap (kernel: the promote and zero-fill
+    cases of uvm_fault's lower layer): a copy of the object page ``opg`` for a write (or
+    wiring for write) to a private mapping, zeros for the first touch of anonymous memory.
+    => ``opg``, if any, is busy, ours; it is let go here."""
     uvm = vm.uvm
     amap = entry.amap
     assert amap is not None
-    nanon = analloc()
-    with nanon.lock:
-        npg = pagealloc(uvm, None, 0, anon=nanon)
-    if npg is None:
+    made = await _anon_alloc(uvm, opg)
+    if opg is not None:
         pageactivate(uvm, opg)
         page_unbusy(uvm, opg)
-        nanon.ref = 0
-        await anfree(uvm, nanon)
+    if made is None:
         return await _wait_memory(uvm, since)
-    uvm.physmem.copy(opg.phys_addr, npg.phys_addr)
-    uvm.uvmexp.cow_copies += 1
-    pageactivate(uvm, opg)
-    page_unbusy(uvm, opg)
-    npg.flags &= ~PG_FAKE
-    pagemarkdirty(npg)
+    nanon, npg = made
     with amap.lock:
         amap_add(amap, slot, nanon)
-    if amap.shared:
+    if opg is not None and amap.shared:
         _protect_for_sharers(uvm, opg)
     ok = _enter(vm, pgva, npg, enter_prot, access, wired)
     page_unbusy(uvm, npg)
@@ -393,42 +414,6 @@ def _protect_for_sharers(uvm: Uvm, pg: VmPage) -> None:
         pmap_enter(vm.pmap, pte.va, pg, pte.prot, PMAP_WIRED)  # a pv entry was just freed
         pmap_update(vm.pmap)
         uvm.uvmexp.shared_wired_kept += 1
-
-
-async def _zero_fill(
-    vm: VmMap,
-    entry: VmMapEntry,
-    pgva: int,
-    slot: int,
-    enter_prot: int,
-    access: int,
-    wired: bool,
-    since: float | None,
-) -> int:
-    """First touch of anonymous memory: a new anon with a zeroed page (kernel: the
-    zero-fill case of uvm_fault)."""
-    uvm = vm.uvm
-    amap = entry.amap
-    assert amap is not None
-    nanon = analloc()
-    with nanon.lock:
-        npg = pagealloc(uvm, None, 0, anon=nanon)
-    if npg is None:
-        nanon.ref = 0
-        await anfree(uvm, nanon)
-        return await _wait_memory(uvm, since)
-    uvm.physmem.zero(npg.phys_addr)
-    uvm.uvmexp.zero_fills += 1
-    npg.flags &= ~PG_FAKE
-    pagemarkdirty(npg)
-    with amap.lock:
-        amap_add(amap, slot, nanon)
-    ok = _enter(vm, pgva, npg, enter_prot, access, wired)
-    page_unbusy(uvm, npg)
-    if not ok:
-        pageactivate(uvm, npg)
-        return await _shortage(vm, since)
-    return 0
 
 
 # --- wiring -------------------------------------------------------------------------------

@@ -203,66 +203,61 @@ def sys_mmap(
 
 async def sys_munmap(proc: Proc, va: int, length: int) -> int:
     """Remove the mappings of [va, va + length); holes are fine.  => may sleep."""
-    uvm = proc.vm.uvm
-    err = check_range(uvm, va, length)
-    if err:
-        return err
-    await uvm_unmap(proc.vm, va, va + _round(uvm, length))
-    return 0
+    err, end = _user_range(proc, va, length)
+    if not err:
+        await uvm_unmap(proc.vm, va, end)
+    return err
 
 
 def sys_mprotect(proc: Proc, va: int, length: int, prot: int) -> int:
     """Change the protection of [va, va + length).  => never sleeps."""
-    uvm = proc.vm.uvm
-    err = check_range(uvm, va, length)
+    err, end = _user_range(proc, va, length)
     if err or prot & ~Prot.ALL.value:
         return err or errno.EINVAL
-    return uvm_map_protect(proc.vm, va, va + _round(uvm, length), prot)
+    return uvm_map_protect(proc.vm, va, end, prot)
+
+
+def _user_range(proc: Proc, va: int, length: int) -> tuple[int, int]:
+    """(0, the page-rounded end) for a valid user range, or (EINVAL, 0)."""
+    uvm = proc.vm.uvm
+    err = check_range(uvm, va, length)
+    return (err, 0) if err else (0, va + _round(uvm, length))
+
+
+def _mapped_range(proc: Proc, va: int, length: int) -> tuple[int, int]:
+    """``_user_range``, and ENOMEM unless all of it is mapped."""
+    err, end = _user_range(proc, va, length)
+    if not err:
+        with proc.vm.lock:
+            if not range_is_mapped(proc.vm, va, end):
+                err = errno.ENOMEM
+    return err, end
 
 
 async def sys_mlock(proc: Proc, va: int, length: int) -> int:
     """Wire [va, va + length) (ENOMEM: not all mapped).  => may sleep."""
-    uvm = proc.vm.uvm
-    err = check_range(uvm, va, length)
-    if err:
-        return err
-    return await uvm_map_pageable(proc.vm, va, va + _round(uvm, length), True)
+    err, end = _user_range(proc, va, length)
+    return err or await uvm_map_pageable(proc.vm, va, end, True)
 
 
 async def sys_munlock(proc: Proc, va: int, length: int) -> int:
     """Unwire [va, va + length).  => may sleep (never does today)."""
-    uvm = proc.vm.uvm
-    err = check_range(uvm, va, length)
-    if err:
-        return err
-    return await uvm_map_pageable(proc.vm, va, va + _round(uvm, length), False)
+    err, end = _user_range(proc, va, length)
+    return err or await uvm_map_pageable(proc.vm, va, end, False)
 
 
 async def vslock(proc: Proc, va: int, length: int) -> int:
     """Wire a buffer for raw I/O (physio's uvm_vslock).  => may sleep."""
-    uvm = proc.vm.uvm
-    err = check_range(uvm, va, length)
-    if err:
-        return err
-    end = va + _round(uvm, length)
-    with proc.vm.lock:
-        if not range_is_mapped(proc.vm, va, end):
-            return errno.ENOMEM
-    return await uvm_vslock(proc.vm, va, end, _P_READ | _P_WRITE)
+    err, end = _mapped_range(proc, va, length)
+    return err or await uvm_vslock(proc.vm, va, end, _P_READ | _P_WRITE)
 
 
 def vsunlock(proc: Proc, va: int, length: int) -> int:
     """Undo ``vslock`` of the same range.  => never sleeps."""
-    uvm = proc.vm.uvm
-    err = check_range(uvm, va, length)
-    if err:
-        return err
-    end = va + _round(uvm, length)
-    with proc.vm.lock:
-        if not range_is_mapped(proc.vm, va, end):
-            return errno.ENOMEM
-    uvm_vsunlock(proc.vm, va, end)
-    return 0
+    err, end = _mapped_range(proc, va, length)
+    if not err:
+        uvm_vsunlock(proc.vm, va, end)
+    return err
 
 
 async def proc_load(proc: Proc, va: int, length: int) -> tuple[int, bytes]:

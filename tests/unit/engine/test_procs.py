@@ -680,3 +680,58 @@ async def test_anonymous_memory_beyond_physical_memory_fails_cleanly() -> None:
         await procs.exit_all()
         assert eng.uvm.uvmexp.anonpages == 0
         assert_sound(eng)
+
+
+async def test_a_protection_fault_in_a_wired_entry_does_not_wire_twice(tmp_path: Path) -> None:
+    """mprotect down and up again over an mlocked range: the next store takes a protection
+    fault in the wired entry, which must not wire the page a second time (munlock would
+    leave it wired for ever)."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(18, PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, PAGE) == 0
+        assert sys_mprotect(p, va, PAGE, R) == 0
+        assert await proc_store(p, va, b"x") == errno.EACCES
+        assert sys_mprotect(p, va, PAGE, RW) == 0
+        faults = eng.uvm.uvmexp.faults
+        assert await proc_store(p, va, b"y") == 0
+        assert eng.uvm.uvmexp.faults == faults + 1
+        pg = vp.uobj.pages[0]
+        assert pg.wire_count == 1
+        assert await sys_munlock(p, va, PAGE) == 0
+        assert pg.wire_count == 0
+        assert eng.uvm.uvmexp.wired == 0
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_truncation_under_physio_wiring_and_private_mlock(tmp_path: Path) -> None:
+    """The other wirings of scenario 1: a vslock'd range truncated away (vsunlock skips
+    the vanished pages), and an mlocked MAP_PRIVATE mapping (its wired pages are anon
+    copies: truncation of the file leaves them, and the process keeps its data)."""
+    data = pattern(19, 4 * PAGE)
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, data)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, shared = sys_mmap(p, 4 * PAGE, vp.uobj, 0, RW, private=False)
+        _, private = sys_mmap(p, 4 * PAGE, vp.uobj, 0, R, private=True)
+        assert await vslock(p, shared, 4 * PAGE) == 0
+        assert await sys_mlock(p, private, 4 * PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 8
+        assert await eng.truncate(vp, PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 5  # three file pages went; the anon copies stay
+        skips = eng.uvm.uvmexp.unwire_skips
+        assert vsunlock(p, shared, 4 * PAGE) == 0
+        assert eng.uvm.uvmexp.unwire_skips == skips + 3
+        assert await proc_load(p, private + 3 * PAGE, 8) == (0, data[3 * PAGE : 3 * PAGE + 8])
+        assert (await proc_load(p, shared + 3 * PAGE, 1))[0] == errno.EINVAL
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert eng.uvm.uvmexp.wired == 0
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
