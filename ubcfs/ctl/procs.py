@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -38,6 +39,8 @@ from ubcfs.vm.proc import (
 
 if TYPE_CHECKING:
     from ubcfs.fuse import Operations
+
+RangeCall = Callable[[Proc, int, int], Awaitable[int]]
 
 MAX_LOAD: Final = 1 << 20  # bytes one load may return
 MAX_PROCS: Final = 4096  # live simulated processes per mount
@@ -94,11 +97,11 @@ class ProcCommands:
         for name, handler in (
             ("proc-new", self._proc_new),
             ("mmap", self._mmap),
-            ("munmap", self._munmap),
-            ("mlock", self._mlock),
-            ("munlock", self._munlock),
-            ("vslock", self._vslock),
-            ("vsunlock", self._vsunlock),
+            ("munmap", self._range_command("munmap", sys_munmap)),
+            ("mlock", self._range_command("mlock", sys_mlock)),
+            ("munlock", self._range_command("munlock", sys_munlock)),
+            ("vslock", self._range_command("vslock", vslock)),
+            ("vsunlock", self._range_command("vsunlock", _vsunlock)),
             ("load", self._load),
             ("store", self._store),
             ("ptrace-write", self._ptrace_write),
@@ -136,6 +139,21 @@ class ProcCommands:
     def _range(self, args: dict[str, Any]) -> tuple[int, int]:
         return arg_int(args, "addr", 0, _ADDR_MAX), arg_int(args, "length", 1, _ADDR_MAX)
 
+    def _range_command(self, name: str, call: RangeCall) -> Handler:
+        """The handler of a command on a range of a process (munmap, mlock, munlock,
+        vslock, vsunlock): arguments pid, addr, length; the call's errno is the error."""
+
+        async def run(args: dict[str, Any]) -> dict[str, Any]:
+            check_keys(args, ("pid", "addr", "length"))
+            proc = self._proc(args)
+            va, length = self._range(args)
+            err = await call(proc, va, length)
+            if err:
+                raise CommandError(_errtext(err, f"{name} {va:#x}"))
+            return {}
+
+        return run
+
     def _new_pid_ok(self) -> None:
         if len(self.table.procs) >= MAX_PROCS:
             raise CommandError(f"too many processes ({MAX_PROCS}); exit some first")
@@ -171,51 +189,6 @@ class ProcCommands:
         if err:
             raise CommandError(_errtext(err, f"mmap {path}"))
         return {"addr": va, "length": length}
-
-    async def _munmap(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_keys(args, ("pid", "addr", "length"))
-        proc = self._proc(args)
-        va, length = self._range(args)
-        err = await sys_munmap(proc, va, length)
-        if err:
-            raise CommandError(_errtext(err, f"munmap {va:#x}"))
-        return {}
-
-    async def _mlock(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_keys(args, ("pid", "addr", "length"))
-        proc = self._proc(args)
-        va, length = self._range(args)
-        err = await sys_mlock(proc, va, length)
-        if err:
-            raise CommandError(_errtext(err, f"mlock {va:#x}"))
-        return {}
-
-    async def _munlock(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_keys(args, ("pid", "addr", "length"))
-        proc = self._proc(args)
-        va, length = self._range(args)
-        err = await sys_munlock(proc, va, length)
-        if err:
-            raise CommandError(_errtext(err, f"munlock {va:#x}"))
-        return {}
-
-    async def _vslock(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_keys(args, ("pid", "addr", "length"))
-        proc = self._proc(args)
-        va, length = self._range(args)
-        err = await vslock(proc, va, length)
-        if err:
-            raise CommandError(_errtext(err, f"vslock {va:#x}"))
-        return {}
-
-    async def _vsunlock(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_keys(args, ("pid", "addr", "length"))
-        proc = self._proc(args)
-        va, length = self._range(args)
-        err = vsunlock(proc, va, length)
-        if err:
-            raise CommandError(_errtext(err, f"vsunlock {va:#x}"))
-        return {}
 
     async def _load(self, args: dict[str, Any]) -> dict[str, Any]:
         check_keys(args, ("pid", "addr", "length"))
@@ -294,6 +267,10 @@ class ProcCommands:
             "anons": anons,
             "mapped_pages": pmap_resident_in(proc.vm.pmap, e.start, e.end),
         }
+
+
+async def _vsunlock(proc: Proc, va: int, length: int) -> int:
+    return vsunlock(proc, va, length)  # never sleeps; async to serve as a RangeCall
 
 
 def _pid(p: Proc) -> int:
