@@ -91,7 +91,7 @@ class Aobj:
         swap: the machine's swap pager, or None (then its pages can never leave memory).
     """
 
-    __slots__ = ("name", "size_of", "swap", "swslots", "uobj", "uvm")
+    __slots__ = ("alloc", "name", "size_of", "swap", "swslots", "uobj", "uvm")
 
     def __init__(self, uvm: Uvm, name: str, swap: Swap | None) -> None:
         self.uvm = uvm
@@ -100,6 +100,11 @@ class Aobj:
         # The size of the file whose data this is (tmpfs), for the past-EOF check of
         # faults (kernel: tmpfs_getpages); None for an object with no end.
         self.size_of: Callable[[], int] | None = None
+        # The file system's allocation of the pages a write will fill (kernel: GOP_ALLOC,
+        # which genfs_getpages calls for a write into a hole): (offset, length) -> 0 or an
+        # errno (tmpfs: ENOSPC when the pages not yet resident or in swap do not fit its
+        # capacity).  None: anonymous memory with no limit but memory + swap.
+        self.alloc: Callable[[int, int], int] | None = None
         self.uobj = UvmObject(uvm, name, is_aobj=True, pgops=self)
         self.swslots: dict[int, int] = {}
         if swap is not None:
@@ -143,9 +148,10 @@ class Aobj:
         """pgo_get (kernel: uao_get).  Returns (0, pages busy and valid -- except the new
         ones with PGO_OVERWRITE, which are PG_FAKE and dirty), (EINVAL, []) at or past the
         end of the file whose data this is (``size_of``) without PGO_PASTEOF, (EBUSY, []) with
-        PGO_LOCKED, (EIO, []) when a page's swap copy is lost or cannot be read, (ENOSPC,
-        []) when memory stayed short for ``NOMEM_WAIT`` seconds with no swap slot to page
-        out to, or the errno of a memory wait bounded by failing write-back.
+        PGO_LOCKED, (EIO, []) when a page's swap copy is lost or cannot be read, (ENOSPC, [])
+        when a write's new pages do not fit the file system (``alloc``) or when memory stayed
+        short for ``NOMEM_WAIT`` seconds with no swap slot to page out to, or the errno of a
+        memory wait bounded by failing write-back.
 
         => may sleep (not with PGO_LOCKED): on busy pages, for memory, in swap reads.
         """
@@ -168,6 +174,13 @@ class Aobj:
             pagebusy(uvm, pg, "uao_get")
             return 0, [pg]
         npages = min(npages, uvm.max_cluster_pages())
+        if access & _P_WRITE and self.alloc is not None:
+            # A write (a store through a mapping, a write fault of a window) may fill
+            # holes: the file system allocates them now, so that a full tmpfs says ENOSPC
+            # at the write fault, never later (reference section 11, scenario 11).
+            err = self.alloc(offset, npages << uvm.page_shift)
+            if err:
+                return err, []
         waiting: float | None = None
         hopeless = 0
         while True:

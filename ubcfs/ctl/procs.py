@@ -52,14 +52,16 @@ _MEANING: Final = {
     errno.EACCES: "the mapping does not allow that access (SIGSEGV)",
     errno.EINVAL: "invalid argument (or past the end of the mapped file: SIGBUS)",
     errno.ENOMEM: "the range is not all mapped, or no room in the address space",
+    errno.ENOSPC: "no space left to fill a hole of the file (SIGBUS)",
     errno.EIO: "the page could not be read",
     errno.ENODEV: "not a regular file of this mount with a page cache",
 }
 
 
-def _errtext(err: int, what: str) -> str:
+def _errtext(err: int, what: str, meaning: dict[int, str] | None = None) -> str:
     name = errno.errorcode.get(err, str(err))
-    return f"{what}: {name}: {_MEANING.get(err, os.strerror(err))}"
+    text = (meaning or {}).get(err) or _MEANING.get(err) or os.strerror(err)
+    return f"{what}: {name}: {text}"
 
 
 def _arg_bool(args: dict[str, Any], name: str, default: bool) -> bool:
@@ -101,7 +103,12 @@ class ProcCommands:
             ("mlock", self._range_command("mlock", sys_mlock)),
             ("munlock", self._range_command("munlock", sys_munlock)),
             ("vslock", self._range_command("vslock", vslock)),
-            ("vsunlock", self._range_command("vsunlock", _vsunlock)),
+            (
+                "vsunlock",
+                self._range_command(
+                    "vsunlock", _vsunlock, {errno.EINVAL: "that range is not vslocked"}
+                ),
+            ),
             ("load", self._load),
             ("store", self._store),
             ("ptrace-write", self._ptrace_write),
@@ -139,9 +146,12 @@ class ProcCommands:
     def _range(self, args: dict[str, Any]) -> tuple[int, int]:
         return arg_int(args, "addr", 0, _ADDR_MAX), arg_int(args, "length", 1, _ADDR_MAX)
 
-    def _range_command(self, name: str, call: RangeCall) -> Handler:
+    def _range_command(
+        self, name: str, call: RangeCall, meaning: dict[int, str] | None = None
+    ) -> Handler:
         """The handler of a command on a range of a process (munmap, mlock, munlock,
-        vslock, vsunlock): arguments pid, addr, length; the call's errno is the error."""
+        vslock, vsunlock): arguments pid, addr, length; the call's errno is the error,
+        explained by ``meaning`` where it has the errno."""
 
         async def run(args: dict[str, Any]) -> dict[str, Any]:
             check_keys(args, ("pid", "addr", "length"))
@@ -149,7 +159,7 @@ class ProcCommands:
             va, length = self._range(args)
             err = await call(proc, va, length)
             if err:
-                raise CommandError(_errtext(err, f"{name} {va:#x}"))
+                raise CommandError(_errtext(err, f"{name} {va:#x}", meaning))
             return {}
 
         return run
@@ -236,6 +246,20 @@ class ProcCommands:
     async def _procs(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         check_keys(args, ())
         return [self.describe(p) for p in sorted(self.table.procs.values(), key=_pid)]
+
+    def statistics(self) -> dict[str, int]:
+        """The processes' part of ``stat``: how many, their map entries (wired ones too),
+        the pages their pmaps map and wire, and the files their mappings hold."""
+        procs = list(self.table.procs.values())
+        entries = [e for p in procs for e in p.vm.entries]
+        return {
+            "processes": len(procs),
+            "map_entries": len(entries),
+            "wired_entries": sum(1 for e in entries if e.wired_count),
+            "resident": sum(p.vm.pmap.resident_count for p in procs),
+            "wired": sum(p.vm.pmap.wired_count for p in procs),
+            "mapped_files": len(self.ops.mapped),
+        }
 
     def describe(self, proc: Proc) -> dict[str, Any]:
         """A process and its map, as ``procs`` shows them."""

@@ -14,12 +14,16 @@ evicted FUSE inode finds its data again in the node.
 Capacity (kernel: tmpfs's tm_mem_limit).  File data may fill memory + swap less a headroom
 (``headroom``): the pagedaemon's free target, the kernel reserve, the last 1% of swap (which
 the pagedaemon leaves alone) and ``ROOM_PAGES``.  A
-write that would go past it fails with ENOSPC before it starts (``reserve``).  Without the
+write that would go past it fails with ENOSPC before it starts (``reserve``), and so does a
+write fault that would fill holes -- a process's store through a mapping, a window's write
+fault -- through the aobj's allocation hook (``Aobj.alloc``, kernel GOP_ALLOC): the store
+gets ENOSPC (its SIGBUS) at the fault, and the page is not taken.  Without the
 headroom a full tmpfs could not even be read: every frame would hold a dirty page that has
 no slot to go to, and every slot a page that needs a frame to come back.  With it, some
 slot is always free for a pageout, so a swap-in always gets its frame.  Concurrent writes
-check one after the other and may together pass the limit by what they write at once; the
-aobj's own ENOSPC (no slot and nothing in flight) is the hard stop behind it.
+check one after the other; the write faults of each check again, so together they pass
+the limit by at most a cluster of pages each; the aobj's own ENOSPC (no slot and nothing in
+flight) is the hard stop behind it.
 
 A node is destroyed (``TmpfsNamespace.on_destroy``) when its last name and last use are
 gone: no handle, lookup or request holds it, so nobody reads or writes its vnode any more.
@@ -34,6 +38,7 @@ tmpfs outlives it.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -85,6 +90,7 @@ class TmpfsFiles:
         if vp is None:
             vp = self.engine.new_anon_vnode(node.label, node.key, node.mtime_ns, node.ctime_ns)
             vp.size = vp.writesize = node.size  # 0, unless a node is given data later on
+            vnops.vnode_aobj(vp).alloc = functools.partial(self.reserve, vp)
             node.data = vp
             self.vnodes[node.ino] = vp
             self.created += 1
@@ -177,7 +183,9 @@ class TmpfsFiles:
     def reserve(self, vp: Vnode, offset: int, length: int) -> int:
         """May a write of ``length`` bytes at ``offset`` go ahead?  0, or ENOSPC when the
         pages it would add (neither resident nor in swap) do not fit.  Costs a look-up per
-        page of the write.  => never sleeps."""
+        page of the write when room is short.  Asked by the mount's write before it starts
+        and by the file's aobj (``Aobj.alloc``) for every write fault: a store through a
+        mapping into a hole.  => never sleeps."""
         if length <= 0 or offset < 0:
             return 0
         uvm = self.engine.uvm

@@ -23,6 +23,10 @@ Rules checked (numbers as in the reference):
      the bad slots; ``swpginuse`` and ``swpgonly`` equal their recounts (12-14 are checked by
      the swap pager's own ``audit``, ``pagers.swap.Swap.audit``)
   15 an anon's reference count equals the amap slots that hold it
+  16 process maps: entries sorted and disjoint; a wired entry's translations are wired
+     (the missing ones bounded by the wired mappings truncation removed); a page that a
+     process maps or vslocks is wired exactly once per wired entry mapping it and per
+     live vslock hold; the holds in the maps are those on the pages
   dirty (ubcfs) an object's dirty set covers every page of it that is dirty (PG_CLEAN clear
      or modified bit set) or writably mapped, and names only resident pages
   wbfail (ubcfs) the write-back failure registry names live objects, each with pages
@@ -118,14 +122,53 @@ def _check_maps(uvm: Uvm, out: list[str]) -> None:
                 if not pte.wired:
                     out.append(f"[16] {vm!r}: {va:#x} of wired {e!r} has an unwired PTE")
                 wired_maps[pte.pg] = wired_maps.get(pte.pg, 0) + 1
-    for pg, n in wired_maps.items():
-        if pg.wire_count < n:
-            out.append(f"[16] {pg!r}: wire count {pg.wire_count} < {n} wired mapping(s)")
+    _check_wirings(uvm, wired_maps, out)
     if missing > uvm.uvmexp.pmap_wired_removed:
         out.append(
             f"[16] {missing} address(es) of wired entries have no translation, but only"
             f" {uvm.uvmexp.pmap_wired_removed} wired mapping(s) were ever removed"
         )
+
+
+def _check_wirings(uvm: Uvm, wired_maps: dict[VmPage, int], out: list[str]) -> None:
+    """Rule 16, the count: the vslock holds in the maps are those on the pages, and a page
+    that a process maps or holds is wired exactly once per wired entry mapping it and per
+    live hold -- no wiring lost, none left behind (a second wiring by a protection fault,
+    a hold that outlived its process)."""
+    in_maps: dict[VmPage, int] = {}
+    for vm in uvm.maps:
+        for va, holds in vm.vslocks.items():
+            if not holds:
+                out.append(f"[16] {vm!r}: an empty vslock record at {va:#x}")
+            for h in holds:
+                if h.va != va:
+                    out.append(f"[16] {vm!r}: the vslock hold at {va:#x} says {h.va:#x}")
+                pg = h.pg
+                if pg is None:
+                    continue
+                in_maps[pg] = in_maps.get(pg, 0) + 1
+                if not any(x is h for x in uvm.page_holds.get(pg, ())):
+                    out.append(f"[16] {vm!r}: its vslock hold at {va:#x} is not on {pg!r}")
+    for pg, holds in uvm.page_holds.items():
+        if any(h.pg is not pg for h in holds):
+            out.append(f"[16] {pg!r}: holds a vslock hold of another page")
+        if len(holds) != in_maps.get(pg, 0):
+            out.append(
+                f"[16] {pg!r}: {len(holds)} vslock hold(s), but live maps record"
+                f" {in_maps.get(pg, 0)}"
+            )
+    user_pmaps = {vm.pmap for vm in uvm.maps}
+    pages = set(wired_maps) | set(uvm.page_holds)
+    for pg in uvm.pages:
+        if pg.wire_count and pg.pvlist and any(p.pmap in user_pmaps for p in pg.pvlist):
+            pages.add(pg)
+    for pg in pages:
+        n, nholds = wired_maps.get(pg, 0), len(uvm.page_holds.get(pg, ()))
+        if pg.wire_count != n + nholds:
+            out.append(
+                f"[16] {pg!r}: wire count {pg.wire_count}, but {n} wired-entry mapping(s)"
+                f" and {nholds} vslock hold(s)"
+            )
 
 
 def _check_amaps(uvm: Uvm, out: list[str]) -> None:

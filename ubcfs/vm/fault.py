@@ -33,7 +33,14 @@ Unwiring skips an address that has no translation any more (kernel: "just skip t
 page" in uvm_fault_unwire_locked): truncation removes wired mappings of the pages it frees,
 and the later munlock, munmap or exit finds nothing there (``unwire_skips``).  The pmap
 wiring of an address is cleared only when its entry is no longer wired (Thorpe's physio
-fix: a vsunlock inside an mlocked range leaves the mapping wired).
+fix: a vsunlock inside an mlocked range leaves the mapping wired), nor a vslock hold there.
+
+A ``uvm_vslock`` records one hold per page (``PageHold``, in the map and on the page):
+in the kernel physio unlocks within the same system call, here the unlock is a later
+command, so the hold is what it unlocks -- the page it wired, even if a promotion has
+since moved the mapping to another page; a hold whose page truncation freed is skipped.
+A vsunlock of a range that holds nothing is EINVAL, and munmap and exit drop the holds of
+their range (no raw I/O outlives its buffer).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from ubcfs.vm.page import (
     PG_BUSY,
     PG_FAKE,
     PG_RDONLY,
+    PageHold,
     page_unbusy,
     pageactivate,
     pagealloc,
@@ -434,28 +442,12 @@ async def _wire_range(
     return 0, end
 
 
-async def uvm_fault_wire(vm: VmMap, start: int, end: int, access: int, fault_type: int) -> int:
-    """Fault in and wire every page of [start, end) for ``access`` (kernel: uvm_fault_wire);
-    on failure unwire what was wired and return the errno.  => may sleep; map unlocked."""
-    err, va = await _wire_range(vm, start, end, access, fault_type)
-    if err:
-        uvm_fault_unwire(vm, start, va)
-    return err
-
-
-def uvm_fault_unwire(vm: VmMap, start: int, end: int) -> None:
-    """Unwire [start, end) (kernel: uvm_fault_unwire): takes the map lock for
-    ``uvm_fault_unwire_locked``.  => never sleeps."""
-    with vm.lock:
-        uvm_fault_unwire_locked(vm, start, end)
-
-
 def uvm_fault_unwire_locked(vm: VmMap, start: int, end: int) -> None:
     """Drop one wiring of each page mapped in [start, end) (kernel: uvm_fault_unwire_locked).
 
     An address with no translation is skipped: truncation freed its page and removed the
-    wired mapping with it (``unwire_skips``).  The pmap wiring goes only where the map
-    entry is no longer wired (the physio fix).
+    wired mapping with it (``unwire_skips``).  The pmap wiring goes only where neither the
+    map entry (the physio fix) nor a ``uvm_vslock`` hold still wires it.
 
     => the map is locked (asserted, Thorpe).  => never sleeps.
     """
@@ -475,7 +467,7 @@ def uvm_fault_unwire_locked(vm: VmMap, start: int, end: int) -> None:
             panic(f"uvm_fault_unwire: {va:#x} is mapped in {vm.pmap.name} but not in {vm!r}")
         if not pte.wired:
             panic(f"uvm_fault_unwire: the mapping at {va:#x} of {vm!r} is not wired")
-        if entry.wired_count == 0:
+        if entry.wired_count == 0 and not _held_at(vm, va, pte.pg):
             pmap_unwire(vm.pmap, va)
         pageunwire(uvm, pte.pg)
         va += uvm.page_size
@@ -553,13 +545,77 @@ async def uvm_map_pageable(vm: VmMap, start: int, end: int, wire: bool) -> int:
 
 
 async def uvm_vslock(vm: VmMap, start: int, end: int, access: int) -> int:
-    """Wire a user buffer for raw I/O that needs ``access`` to it (kernel: uvm_vslock): the
-    pages and their mappings, without marking the map entries wired (EACCES when the
-    mapping does not allow ``access``).  => may sleep."""
-    return await uvm_fault_wire(vm, start, end, access, VM_FAULT_WIRE)
+    """Wire a user buffer for raw I/O that needs ``access`` to it (kernel: uvm_vslock,
+    uvm_fault_wire): fault in and wire each page and its mapping, without marking the map
+    entries wired, and record a hold per page (``PageHold``) for ``uvm_vsunlock``.  On a
+    failure (EACCES when the mapping does not allow ``access``, or the fault's errno) the
+    pages already wired are unwired again.  => may sleep; the map unlocked."""
+    uvm = vm.uvm
+    va = start
+    while va < end:
+        err = await uvm_fault(vm, va, access, VM_FAULT_WIRE)
+        if err:
+            with vm.lock:
+                _vsunlock_locked(vm, start, va)
+            return err
+        # No sleep since the fault: its wired translation is there.
+        pte = pmap_lookup(vm.pmap, va >> uvm.page_shift)
+        if not isinstance(pte, Pte) or pte.pg is None or not pte.wired:
+            panic(f"uvm_vslock: the wiring fault at {va:#x} of {vm!r} left {pte!r}")
+        hold = PageHold(pte.pg, va)
+        vm.vslocks.setdefault(va, []).append(hold)
+        uvm.page_holds.setdefault(pte.pg, []).append(hold)
+        va += uvm.page_size
+    return 0
 
 
-def uvm_vsunlock(vm: VmMap, start: int, end: int) -> None:
-    """Undo ``uvm_vslock`` (kernel: uvm_vsunlock): one page wiring each; the pmap wiring
-    stays where an mlock still holds the entry wired (scenario 3).  => never sleeps."""
-    uvm_fault_unwire(vm, start, end)
+def uvm_vsunlock(vm: VmMap, start: int, end: int) -> int:
+    """Undo ``uvm_vslock`` (kernel: uvm_vsunlock): drop the newest hold of each page of
+    [start, end); 0, or EINVAL (nothing changed) when some page there holds none.  A
+    page that truncation took is skipped (``unwire_skips``); the pmap wiring stays where
+    an mlock still holds the entry wired (scenario 3).  => never sleeps."""
+    with vm.lock:
+        ps = vm.uvm.page_size
+        if any(va not in vm.vslocks for va in range(start, end, ps)):
+            return errno.EINVAL
+        _vsunlock_locked(vm, start, end)
+    return 0
+
+
+def _vsunlock_locked(vm: VmMap, start: int, end: int) -> None:
+    for va in range(start, end, vm.uvm.page_size):
+        holds = vm.vslocks.get(va)
+        if holds:
+            hold = holds.pop()
+            if not holds:
+                del vm.vslocks[va]
+            vslock_release(vm, hold)
+
+
+def vslock_release(vm: VmMap, hold: PageHold) -> None:
+    """Drop one ``uvm_vslock`` hold that is out of ``vm.vslocks``: the page's wiring, and
+    its translation's unless the entry or another hold there still wires it.  A hold whose
+    page was freed is skipped (``unwire_skips``).  => the map is locked; never sleeps."""
+    vm.lock.assert_locked()
+    uvm = vm.uvm
+    pg = hold.pg
+    if pg is None:
+        uvm.uvmexp.unwire_skips += 1  # "just skip that page": truncation took it
+        return
+    hold.pg = None
+    holds = uvm.page_holds[pg]
+    holds.remove(hold)
+    if not holds:
+        del uvm.page_holds[pg]
+    va = hold.va
+    pte = pmap_lookup(vm.pmap, va >> uvm.page_shift)
+    if isinstance(pte, Pte) and pte.pg is pg and pte.wired:
+        entry = uvm_map_lookup_entry(vm, va)
+        if (entry is None or entry.wired_count == 0) and not _held_at(vm, va, pg):
+            pmap_unwire(vm.pmap, va)
+    pageunwire(uvm, pg)
+
+
+def _held_at(vm: VmMap, va: int, pg: VmPage) -> bool:
+    """Does a live ``uvm_vslock`` hold of ``vm`` at ``va`` wire ``pg``?"""
+    return any(h.pg is pg for h in vm.vslocks.get(va, ()))

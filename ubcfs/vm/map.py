@@ -42,6 +42,7 @@ from ubcfs.vm.amap import (
     amap_unref_range,
 )
 from ubcfs.vm.diag import SimpleLock, panic
+from ubcfs.vm.page import PageHold
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import Pmap, pmap_create, pmap_destroy, pmap_protect, pmap_remove, pmap_update
 
@@ -154,9 +155,10 @@ class VmMap:
         lock: the map lock.
         timestamp: bumped by every change of the entries (kernel: map timestamp).
         flags: VM_MAP_* flags.
+        vslocks: page address -> the ``uvm_vslock`` holds made there, oldest first.
     """
 
-    __slots__ = ("entries", "flags", "lock", "name", "pmap", "timestamp", "uvm")
+    __slots__ = ("entries", "flags", "lock", "name", "pmap", "timestamp", "uvm", "vslocks")
 
     def __init__(self, uvm: Uvm, name: str, pmap: Pmap, flags: int = 0) -> None:
         self.uvm = uvm
@@ -166,6 +168,7 @@ class VmMap:
         self.lock = SimpleLock(f"vm_map:{name}")
         self.timestamp = 0
         self.flags = flags
+        self.vslocks: dict[int, list[PageHold]] = {}
 
     def __repr__(self) -> str:
         return f"<VmMap {self.name} entries={len(self.entries)}>"
@@ -338,10 +341,13 @@ async def uvm_unmap(vm: VmMap, start: int, end: int) -> None:
     => may sleep (freeing anons whose pages are busy); the map lock is held only for the
        sections that do not.
     """
-    from ubcfs.vm.fault import uvm_map_entry_unwire
+    from ubcfs.vm.fault import uvm_map_entry_unwire, vslock_release
 
     with vm.lock:
         gone = clip_range(vm, start, end)
+        for va in [va for va in vm.vslocks if start <= va < end]:
+            for hold in vm.vslocks.pop(va):
+                vslock_release(vm, hold)  # raw I/O never outlives its buffer's mapping
         for e in gone:
             if e.wired_count:
                 uvm_map_entry_unwire(vm, e)

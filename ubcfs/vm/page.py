@@ -411,6 +411,10 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
     if pg.wire_count:
         pg.wire_count = 0
         exp.wired -= 1
+        holds = uvm.page_holds.pop(pg, None)
+        if holds is not None:
+            for hold in holds:
+                hold.pg = None  # truncation took the page: its unlock skips it
     uobj = pg.uobject
     if uobj is not None:
         uobj.pages.remove(pg.offset)  # and its dirty tag
@@ -501,6 +505,21 @@ def pagewire(uvm: Uvm, pg: VmPage) -> None:
         pagedequeue(uvm, pg)
         uvm.uvmexp.wired += 1
     pg.wire_count += 1
+
+
+class PageHold:
+    """One wiring of a page by ``uvm_vslock`` (a user buffer locked for raw I/O), kept in
+    ``Uvm.page_holds`` and in the locking map's ``vslocks`` until ``uvm_vsunlock`` drops
+    it.  In the kernel physio holds its pages for one system call; here a hold outlives
+    the command that made it, so the page may meanwhile be truncated away and freed:
+    ``pagefree`` then sets ``pg`` to None, and the unlock just skips it.  The audit
+    (rule 16) counts the live holds of a page among its wirings."""
+
+    __slots__ = ("pg", "va")
+
+    def __init__(self, pg: VmPage, va: int) -> None:
+        self.pg: VmPage | None = pg
+        self.va = va
 
 
 def pageunwire(uvm: Uvm, pg: VmPage) -> None:

@@ -253,11 +253,10 @@ async def vslock(proc: Proc, va: int, length: int) -> int:
 
 
 def vsunlock(proc: Proc, va: int, length: int) -> int:
-    """Undo ``vslock`` of the same range.  => never sleeps."""
+    """Undo ``vslock`` of the same range (ENOMEM: not all mapped; EINVAL: some page of
+    it is not vslocked).  => never sleeps."""
     err, end = _mapped_range(proc, va, length)
-    if not err:
-        uvm_vsunlock(proc.vm, va, end)
-    return err
+    return err or uvm_vsunlock(proc.vm, va, end)
 
 
 async def proc_load(proc: Proc, va: int, length: int) -> tuple[int, bytes]:

@@ -735,3 +735,93 @@ async def test_truncation_under_physio_wiring_and_private_mlock(tmp_path: Path) 
         assert eng.uvm.uvmexp.wired == 0
         assert await eng.release(vp) == 0
         assert_sound(eng)
+
+
+async def test_vsunlock_after_truncation_and_a_refault(tmp_path: Path) -> None:
+    """A vslock'd page truncated away, the file extended again and the address faulted in
+    afresh (an unwired mapping of a new page; inside an mlock, a wired one): vsunlock
+    skips the page it held instead of unwiring the new one, and munlock then finds its
+    own wiring intact."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(20, 2 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va + PAGE, PAGE) == 0
+        assert await vslock(p, va, 2 * PAGE) == 0
+        assert await eng.truncate(vp, 0) == 0
+        assert await eng.truncate(vp, 2 * PAGE) == 0
+        assert await proc_load(p, va, 2 * PAGE) == (0, bytes(2 * PAGE))
+        _mapmap(eng, procs)
+        skips = eng.uvm.uvmexp.unwire_skips
+        assert vsunlock(p, va, 2 * PAGE) == 0
+        assert eng.uvm.uvmexp.unwire_skips == skips + 2
+        assert vp.uobj.pages[PAGE].wire_count == 1  # the mlock's wiring of the new page
+        assert eng.uvm.uvmexp.wired == 1
+        _mapmap(eng, procs)
+        assert await sys_munlock(p, va + PAGE, PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 0
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_vslock_holds_end_with_the_mapping(tmp_path: Path) -> None:
+    """A vsunlock of a range that holds nothing is EINVAL (not a panic), munlock inside a
+    vslock keeps the pmap wiring the hold needs, and munmap or exit with a range still
+    vslocked unwires its pages (none stays wired for ever)."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(21, 2 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await proc_load(p, va, 1) == (0, pattern(21, 2 * PAGE)[:1])
+        assert vsunlock(p, va, PAGE) == errno.EINVAL
+        assert await vslock(p, va, PAGE) == 0
+        assert vsunlock(p, va, 2 * PAGE) == errno.EINVAL  # the second page holds nothing
+        assert vp.uobj.pages[0].wire_count == 1  # nothing changed
+        assert await sys_mlock(p, va, PAGE) == 0
+        assert vp.uobj.pages[0].wire_count == 2
+        assert await sys_munlock(p, va, PAGE) == 0
+        pte = _pte(p, va)
+        assert pte is not None
+        assert pte.wired, "munlock cleared a vslock hold's pmap wiring"
+        _mapmap(eng, procs)
+        assert await sys_munmap(p, va, PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 0
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await vslock(p, va, 2 * PAGE) == 0
+        assert await vslock(p, va, PAGE) == 0
+        assert vp.uobj.pages[0].wire_count == 2
+        _mapmap(eng, procs)
+        await procs.exit(p)
+        assert eng.uvm.uvmexp.wired == 0
+        assert not eng.uvm.page_holds
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_rule_16_counts_every_wiring_of_a_process_page(tmp_path: Path) -> None:
+    """The audit's count: a page of a wired entry wired once more than its mappings and
+    holds (a double wiring) is a violation, and so is a hold left on a page by a map
+    that no longer has it."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(22, 2 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, PAGE) == 0
+        assert await vslock(p, va + PAGE, PAGE) == 0
+        assert audit.audit(eng.uvm) == []
+        pg = vp.uobj.pages[0]
+        pg.wire_count += 1
+        assert any("[16]" in v and "wire count 2" in v for v in audit.audit(eng.uvm))
+        pg.wire_count -= 1
+        hold = p.vm.vslocks.pop(va + PAGE)
+        assert any("[16]" in v and "vslock hold" in v for v in audit.audit(eng.uvm))
+        p.vm.vslocks[va + PAGE] = hold
+        assert audit.audit(eng.uvm) == []
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
