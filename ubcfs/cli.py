@@ -9,6 +9,7 @@
     ubcfs sync MOUNTPOINT
     ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]
     ubcfs check MOUNTPOINT
+    ubcfs top MOUNTPOINT [--interval SECONDS] [--once]
     ubcfs stress truncate MOUNTPOINT [--seconds N] [--seed S] [--processes P] [--files F]
                 [--ops N] [--json]
     ubcfs ctl MOUNTPOINT ping
@@ -103,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--watch", metavar="SECONDS", help="repeat every SECONDS until Ctrl-C")
     p.set_defaults(func=cmd_stat)
+
+    p = sub.add_parser(
+        "top",
+        help="live full-screen view: page states, rates, the biggest files, processes",
+        epilog="example: ubcfs top /mnt/ubc --interval 0.5   (q quits)",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--interval", default="1", help="seconds between samples (default 1)")
+    p.add_argument(
+        "--once", action="store_true", help="print one frame to stdout instead (no terminal)"
+    )
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("stress", help="stress tests of a mount, checked against a model")
     st = p.add_subparsers(dest="stress_command", required=True, metavar="TEST")
@@ -463,6 +476,22 @@ def cmd_stat(ns: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_top(ns: argparse.Namespace) -> int:
+    from ubcfs import top
+
+    interval = _parse_interval(ns.interval, "--interval")
+    ctl = _connect(ns.mountpoint)
+    if ns.once:
+        width = os.get_terminal_size().columns if sys.stdout.isatty() else 100
+        top.run_once(ctl, ns.mountpoint, interval, width)
+        return 0
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("top needs a terminal on stdin and stdout; --once prints one frame")
+    with contextlib.suppress(KeyboardInterrupt):
+        top.run_screen(ctl, ns.mountpoint, interval)
+    return 0
+
+
 def cmd_stress(ns: argparse.Namespace) -> int:
     from ubcfs import stress
 
@@ -504,13 +533,13 @@ def _parse_small(text: str, what: str, lo: int, hi: int = 1 << 62) -> int:
     return int(text)
 
 
-def _parse_interval(text: str) -> float:
+def _parse_interval(text: str, option: str = "--watch") -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value <= 86400:  # also refuses nan and inf
-        raise UsageError(f"--watch: expected a positive number of seconds, got {text!r}")
+        raise UsageError(f"{option}: expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -543,6 +572,16 @@ _PAGE_LABELS: Final = {
 }
 
 
+_PROC_LABELS: Final = {
+    "processes": "simulated processes",
+    "map_entries": "process map entries",
+    "wired_entries": "process map entries wired",
+    "resident": "process pages mapped",
+    "wired": "process pages wired",
+    "mapped_files": "files held by process mappings",
+}
+
+
 def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
     """The human ``stat`` report, in the style of ``vmstat -s``: one number per line."""
     lines = [f"{mountpoint}:"]
@@ -567,6 +606,8 @@ def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
     lookups = fds.get("hits", 0) + fds.get("misses", 0)
     if lookups:
         lines.append(f"{100 * fds.get('hits', 0) / lookups:>11.1f}% descriptor cache hit rate")
+    for key, n in _section(snap, "procs").items():
+        lines.append(f"{n:>12} {_PROC_LABELS.get(key, key)}")
     lines += _writeback_lines(snap)
     return "\n".join(lines)
 

@@ -55,6 +55,7 @@ from ubcfs.vm.stat import snapshot
 
 log = logging.getLogger("ubcfs.daemon")  # not __main__ under -m
 
+MAX_FILES_LISTED: Final = 1000  # the most objects one 'files' request lists
 REPLY_GRACE: Final = 5.0  # seconds to let pending ctl replies go out after the write-back
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -282,6 +283,7 @@ class Daemon:
             ("sync", self._ctl_sync),
             ("umount", self._ctl_umount),
             ("inject", self._ctl_inject),
+            ("files", self._ctl_files),
         ):
             self.server.register(name, handler)
 
@@ -330,7 +332,30 @@ class Daemon:
             snap["fds"] = self.ops.backing.descriptors()
         if self.tmpfs is not None:
             snap["tmpfs"] = self.tmpfs.statistics()
+        snap["procs"] = self.procs.statistics()
         return snap
+
+    async def _ctl_files(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The objects with the most resident pages (``limit`` of them, default 10): name,
+        resident, dirty (pages tagged dirty: modified or writably mapped), wired, and
+        whether the object is anonymous memory (a tmpfs file's aobj)."""
+        check_keys(args, (), ("limit",))
+        limit = arg_int(args, "limit", 1, MAX_FILES_LISTED) if "limit" in args else 10
+        objs = sorted(self.engine.uvm.objects, key=lambda o: o.npages, reverse=True)
+        out: list[dict[str, Any]] = []
+        for o in objs[:limit]:
+            if not o.npages:
+                break
+            out.append(
+                {
+                    "name": o.name,
+                    "resident": o.npages,
+                    "dirty": len(o.dirtyoffs),
+                    "wired": sum(1 for pg in o.pages.values() if pg.wire_count),
+                    "anon": o.is_aobj,
+                }
+            )
+        return out
 
     async def _ctl_check(self, args: dict[str, Any]) -> dict[str, Any]:
         check_keys(args, ())

@@ -5,6 +5,7 @@ modes (backing and --tmpfs)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -60,6 +61,14 @@ def test_shared_mapping_and_the_file_see_each_other(any_mounted: Mounted) -> Non
     procs = json.loads(m.ctl("procs").stdout)
     assert [p["pid"] for p in procs] == [int(pid)]
     assert procs[0]["maps"][0]["start"] == int(addr, 16)
+    st = m.stat()["procs"]
+    assert st["processes"] == 1
+    assert st["map_entries"] == 1
+    assert st["mapped_files"] == 1
+    assert st["resident"] >= 2  # the two pages it touched
+    text = m.ubcfs("stat", m.mnt)
+    assert text.returncode == 0, text.stderr
+    assert "           1 simulated processes" in text.stdout.splitlines()
     ok(m, "exit", pid)
     assert json.loads(m.ctl("procs").stdout) == []
     m.assert_healthy()
@@ -105,6 +114,50 @@ def test_truncating_wired_pages_through_the_mount(any_mounted: Mounted) -> None:
     assert bytes.fromhex(ok(m, "load", pid, hex(addr + 3 * PAGE), "16")) == bytes(16)
     assert f.read_bytes()[PAGE:] == bytes(3 * PAGE)
     assert m.stat()["pages"]["wired"] == 0
+    ok(m, "exit", pid)
+    m.assert_healthy()
+
+
+def _write_until_full(path: Path, limit: int = 1 << 30) -> int:
+    """Append pages to ``path`` until a write fails; its errno (0: ``limit`` reached)."""
+    with open(path, "wb", buffering=0) as fh:
+        for _ in range(limit // PAGE):
+            try:
+                fh.write(bytes(PAGE))
+            except OSError as e:
+                return e.errno or 0
+    return 0
+
+
+def test_a_store_into_a_hole_of_a_full_tmpfs_fails_at_the_fault(mounter: Mounter) -> None:
+    """Scenario 11 on a tmpfs: a file extended by truncate(2) is a hole; loads there read
+    zeros; once other data fills the tmpfs, a store through a MAP_SHARED mapping into the
+    hole fails with ENOSPC at the write fault (the process's SIGBUS) and takes no page;
+    a store into a page that is already there still works, and after room is made the
+    same store succeeds and reaches the file."""
+    m = mounter("m", "--tmpfs", "--swap", "0", memory="1M")
+    sparse = m.mnt / "sparse"
+    with open(sparse, "wb") as fh:
+        fh.write(b"head")
+        fh.truncate(64 * PAGE)
+    pid = ok(m, "proc-new")
+    addr = int(ok(m, "mmap", pid, "sparse", "0", "256K"), 16)
+    assert bytes.fromhex(ok(m, "load", pid, hex(addr + 8 * PAGE), "4")) == bytes(4)
+    filler = m.mnt / "filler"
+    assert _write_until_full(filler) == errno.ENOSPC
+    before = m.stat()["tmpfs"]["used_pages"]
+    err = fails(m, 1, "store", pid, hex(addr + 40 * PAGE), b"hole".hex())
+    assert "ENOSPC" in err, err
+    assert "SIGBUS" in err, err
+    assert m.stat()["tmpfs"]["used_pages"] == before  # no page taken for it
+    ok(m, "store", pid, hex(addr + 1), b"ok".hex())  # page 0 is there: no new space
+    ok(m, "store", pid, hex(addr + 8 * PAGE), b"read".hex())  # read before: there too
+    filler.unlink()
+    ok(m, "store", pid, hex(addr + 40 * PAGE), b"hole".hex())
+    data = sparse.read_bytes()
+    assert data[:4] == b"hokd"
+    assert data[8 * PAGE : 8 * PAGE + 4] == b"read"
+    assert data[40 * PAGE : 40 * PAGE + 4] == b"hole"
     ok(m, "exit", pid)
     m.assert_healthy()
 
