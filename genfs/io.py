@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from pagers.vnode import findpages, release_pages
+from ubcfs.vm.hist import H_GETPAGES, H_PAGEOUT, H_PAGEOUT_DONE, H_PAGEOUT_FAIL, H_PUTPAGES
 from ubcfs.vm.page import (
     PG_BUSY,
     PG_CLEAN,
@@ -82,6 +83,7 @@ from ubcfs.vm.pager import (
     PGO_DEACTIVATE,
     PGO_FREE,
     PGO_LOCKED,
+    PGO_NOBLOCKALLOC,
     PGO_OVERWRITE,
     PGO_PASTEOF,
     PGO_PDAEMON,
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _P_WRITE = Prot.WRITE.value
+_FALLOC_FL_KEEP_SIZE: Final = 0x01  # fallocate(2): allocate blocks, keep the size
 _PROT_NONE = 0
 
 
@@ -112,6 +115,58 @@ _PROT_NONE = 0
 
 
 async def getpages(
+    node: GenfsNode, offset: int, npages: int, access: int, flags: int
+) -> tuple[int, list[VmPage]]:
+    """``_getpages``, then the holes (kernel: the end of genfs_getpages).  Without
+    PGO_NOBLOCKALLOC -- a process's fault -- the pages below EOF are looked up in the
+    backing file: a write gives those in holes their blocks first (GOP_ALLOC: fallocate,
+    so that a full disk says ENOSPC at the fault, not at write-back) and a read marks them
+    PG_RDONLY, so that they are mapped read-only until a write fault allocates.  With it
+    (the UBC, whose writer's file system allocates at write-back), a write just clears
+    PG_RDONLY.  => may sleep (not with PGO_LOCKED)."""
+    err, pages = await _getpages(node, offset, npages, access, flags)
+    if err:
+        return err, pages
+    if not flags & PGO_NOBLOCKALLOC and not flags & PGO_LOCKED:
+        err = await _gop_alloc(node, pages, access)
+        if err:
+            for pg in pages:
+                pageactivate(node.uvm, pg)  # valid pages, kept (on a queue) and let go
+            release_pages(node.uvm, pages)
+            return err, []
+    elif access & _P_WRITE:
+        for pg in pages:
+            pg.flags &= ~PG_RDONLY
+    return 0, pages
+
+
+async def _gop_alloc(node: GenfsNode, pages: list[VmPage], access: int) -> int:
+    """The holes of a process's fault (``getpages``); an errno of the allocation.
+    => the pages are busy, the caller's, across the sleeps."""
+    uvm = node.uvm
+    ps = uvm.page_size
+    exp = uvm.uvmexp
+    for pg in pages:
+        if pg.offset >= node.size:
+            continue  # past EOF: a writer extending the file, allocated at write-back
+        if not await node.io.is_hole(node.fd, pg.offset, ps):
+            pg.flags &= ~PG_RDONLY
+            continue
+        if access & _P_WRITE:
+            err = await node.io.fallocate(node.fd, _FALLOC_FL_KEEP_SIZE, pg.offset, ps)
+            if err and err != errno.EOPNOTSUPP:  # a file system that cannot: at write-back
+                return err
+            pg.flags &= ~PG_RDONLY
+            exp.gop_allocs += 1
+        elif not pg.flags & PG_RDONLY and not is_dirty(pg) and not pmap_page_writable(pg):
+            # Clean data of a hole (zeroes), mapped writable nowhere: read-only until a
+            # write fault allocates.  (A dirty one gets its block at its write-back.)
+            pg.flags |= PG_RDONLY
+            exp.holes_rdonly += 1
+    return 0
+
+
+async def _getpages(
     node: GenfsNode, offset: int, npages: int, access: int, flags: int
 ) -> tuple[int, list[VmPage]]:
     """Return the pages of [offset, offset + npages pages) busy (kernel: genfs_getpages).
@@ -145,6 +200,9 @@ async def getpages(
     if offset >= endr:
         return errno.EINVAL, []
     npages = min(npages, (endr - offset) // ps, uvm.max_cluster_pages())
+    h = uvm.hist
+    if h is not None:
+        h.log(H_GETPAGES, node.uobj.name, offset, npages)
 
     # Fast path: everything resident, unbusy and valid -- no await at all.
     pages = _lookup_valid(node, offset, npages, bool(access & _P_WRITE))
@@ -423,6 +481,9 @@ async def putpages(node: GenfsNode, start: int, end: int, flags: int) -> int:
         end = 1 << 62
     if flags & PGO_ALLPAGES:
         start = 0
+    h = uvm.hist
+    if h is not None:
+        h.log(H_PUTPAGES, uobj.name, start, end)
     pdaemon = bool(flags & PGO_PDAEMON)
     cleanonly = not flags & (PGO_FREE | PGO_DEACTIVATE)
     result = 0
@@ -639,6 +700,9 @@ async def _async_write(buf: Buf) -> None:
     nio = (nbytes + ps - 1) // ps
     views = uvm.physmem.iovecs([pg.phys_addr for pg in buf.pages[:nio]], nbytes)
     uvm.uvmexp.pgpgout_io += 1
+    h = uvm.hist
+    if h is not None:
+        h.log(H_PAGEOUT, node.uobj.name, start, nio)
     err, _ = await node.io.writev(node.fd, views, start)
     buf.error = err
 
@@ -664,6 +728,12 @@ def _write_iodone(buf: Buf) -> None:
         exp.write_errors += 1
     else:
         exp.pageouts += len(buf.pages)
+    h = uvm.hist
+    if h is not None:
+        if err:
+            h.log(H_PAGEOUT_FAIL, node.uobj.name, buf.offset, err)
+        else:
+            h.log(H_PAGEOUT_DONE, node.uobj.name, buf.offset, len(buf.pages))
     # Offsets are taken before page_unbusy, which frees (and poisons) PG_RELEASED pages.
     offsets = [pg.offset for pg in buf.pages]
     kept: list[int] = []  # offsets of the pages of a failed write that stay (dirty)

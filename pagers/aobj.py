@@ -31,6 +31,7 @@ import trio
 
 from pagers.vnode import findpages, release_pages
 from ubcfs.vm.diag import panic
+from ubcfs.vm.hist import H_GETPAGES, H_PUTPAGES
 from ubcfs.vm.object import UvmObject, obj_destroy
 from ubcfs.vm.page import (
     PG_BUSY,
@@ -174,6 +175,9 @@ class Aobj:
             pagebusy(uvm, pg, "uao_get")
             return 0, [pg]
         npages = min(npages, uvm.max_cluster_pages())
+        h = uvm.hist
+        if h is not None:
+            h.log(H_GETPAGES, self.name, offset, npages)
         if access & _P_WRITE and self.alloc is not None:
             # A write (a store through a mapping, a write fault of a window) may fill
             # holes: the file system allocates them now, so that a full tmpfs says ENOSPC
@@ -373,6 +377,9 @@ class Aobj:
             end = _ALL
             if flags & PGO_ALLPAGES:
                 start = 0
+        h = self.uvm.hist
+        if h is not None:
+            h.log(H_PUTPAGES, self.name, start, end)
         if flags & PGO_FREE:
             await self.free_range(start, end)
         elif flags & PGO_DEACTIVATE:

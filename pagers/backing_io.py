@@ -343,6 +343,14 @@ def _fsync_blocking(fd: int, datasync: bool) -> int:
     return 0
 
 
+def _is_hole_blocking(fd: int, offset: int, length: int) -> bool:
+    """``BackingIO.is_hole``.  Runs in a worker thread."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as e:
+        return e.errno == errno.ENXIO  # no data at or after offset
+
+
 def _fallocate_blocking(fd: int, mode: int, offset: int, length: int) -> int:
     """fallocate(2) ``fd``.  Runs in a worker thread."""
     if _FALLOCATE is None:
@@ -579,6 +587,13 @@ class BackingIO:
         if err:
             self.stats.errors += 1
         return err
+
+    async def is_hole(self, fd: int, offset: int, length: int) -> bool:
+        """Does the file hold no data in [offset, offset + length) -- a hole, or past its
+        end (lseek SEEK_DATA, kernel: the VOP_BMAP question of genfs_getpages)?  In a
+        worker thread (the file system may read its block map).  A file system that
+        cannot tell answers "data" (False).  => sleeps."""
+        return await self.threads.run(_is_hole_blocking, fd, offset, length)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

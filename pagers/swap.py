@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Final
 from pagers.aobj import SWSLOT_BAD, Aobj
 from pagers.backing_io import IOKind
 from ubcfs.vm.diag import panic
+from ubcfs.vm.hist import H_SWAPIN, H_SWAPOUT
 from ubcfs.vm.page import (
     PG_BUSY,
     PG_CLEAN,
@@ -453,6 +454,9 @@ class Swap:
         uvm = self.uvm
         uvm.uvmexp.swap_outs_io += 1
         uvm.uvmexp.pdpageouts += 1
+        h = uvm.hist
+        if h is not None:
+            h.log(H_SWAPOUT, "swap", start, len(pages))
         buf = Buf(pages, start, True, self._swapout_done, self)
         aio = uvm.aio
         if aio is None or not aio.running:
@@ -537,6 +541,9 @@ class Swap:
         views = self.uvm.physmem.iovecs([pg.phys_addr for pg in pages], want)
         exp = self.uvm.uvmexp
         exp.swap_ins_io += 1
+        h = self.uvm.hist
+        if h is not None:
+            h.log(H_SWAPIN, "swap", slot, len(pages))
         err, n = await self.io.readv(self.fd, views, (slot - 1) * ps, IOKind.SWAP_READ)
         if not err and n != want:
             err = errno.EIO

@@ -57,11 +57,13 @@ class MapM:
     private: bool
     writable: bool
     locked: bool = False
+    holds: int = 0  # vslocks of the whole mapping not yet vsunlocked
     # Private pages that are the process's own: page index -> (bytes, known-mask).
     own: dict[int, tuple[bytearray, bytearray]] = field(default_factory=dict)
 
     def forked(self) -> MapM:
-        """The child's copy at fork: the same mapping, own pages copied, not locked."""
+        """The child's copy at fork: the same mapping, own pages copied, neither locked
+        nor vslocked."""
         return MapM(
             self.addr,
             self.npages,
@@ -70,6 +72,7 @@ class MapM:
             self.private,
             self.writable,
             False,
+            0,
             {i: (bytearray(d), bytearray(k)) for i, (d, k) in self.own.items()},
         )
 
@@ -103,6 +106,23 @@ class MapM:
         copies: list[int] = []
         if self.locked:
             return True, copies
+        for i in range(self.npages):
+            state = self.page(i)[0]
+            if state == GONE:
+                return False, copies
+            if self.private and state == FILE:
+                copies.append(i)
+        return True, copies
+
+    def vslock_outcome(self) -> tuple[bool, list[int]]:
+        """(will a vslock of the whole mapping for read and write succeed, the private
+        pages its wiring faults copy).  A read-only mapping refuses it before any page; else
+        the faults go page by page, each a write fault (a private page becomes the
+        process's own), and the first page past EOF fails it -- the copies made before it
+        stay, the wirings are undone."""
+        copies: list[int] = []
+        if not self.writable:
+            return False, copies
         for i in range(self.npages):
             state = self.page(i)[0]
             if state == GONE:

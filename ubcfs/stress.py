@@ -5,13 +5,14 @@ One seeded random sequence of operations, run one at a time so that the same see
 gives the same sequence: through the mount, ``write``, ``read`` and ``truncate`` (shrinking
 and extending) of a few files; through the control channel, simulated processes that
 ``mmap`` those files (MAP_SHARED and MAP_PRIVATE, read-only and read-write), ``mlock`` and
-``munlock`` them, ``load`` and ``store`` through them, are written by a debugger
-(``ptrace-write``), ``fork`` and ``exit``.  Every read and every load is compared with the
-model; every operation's success or failure must be the one the model predicts (a load past
-the end of the file is SIGBUS, a store to a read-only mapping SIGSEGV, an mlock over pages
-past EOF fails); ``ubcfs check`` runs every second.  Truncating a file under mlocked
-mappings is the point: the wired pages past the new end go, and the later munlock, munmap
-or exit must skip them.
+``munlock`` them, wire them for raw I/O (``vslock``/``vsunlock``), ``load`` and ``store``
+through them, are written by a debugger (``ptrace-write``), ``fork`` and ``exit``.  Every
+read and every load is compared with the model; every operation's success or failure must
+be the one the model predicts (a load past the end of the file is SIGBUS, a store to a
+read-only mapping SIGSEGV, an mlock over pages past EOF fails, a vsunlock without a vslock
+is refused); ``ubcfs check`` runs every
+second.  Truncating a file under mlocked and vslocked mappings is the point: the wired
+pages past the new end go, and the later munlock, vsunlock, munmap or exit must skip them.
 
 The model of a mapping's page: a MAP_PRIVATE page that was written (a store, a debugger's
 write, or the copy that mlock makes of every page of a private mapping) is the process's
@@ -50,6 +51,8 @@ KINDS: Final = (
     ("munmap", 2),
     ("mlock", 4),
     ("munlock", 3),
+    ("vslock", 2),
+    ("vsunlock", 2),
     ("load", 12),
     ("store", 8),
     ("ptrace-write", 3),
@@ -313,6 +316,32 @@ class Stress:
         )
         self._expect(f"munlock in {p.pid}", ok, True, res)
         m.locked = False
+
+    def op_vslock(self) -> None:
+        pick = self._pick_map()
+        if pick is None:
+            return
+        p, m = pick
+        want_ok, copies = m.vslock_outcome()
+        ok, res = self._attempt("vslock", {"pid": p.pid, "addr": m.addr, "length": m.npages * PAGE})
+        self._expect(f"vslock of {m.file.name} in {p.pid}", ok, want_ok, res)
+        if ok == want_ok:
+            for i in copies:
+                m.promote(i)
+        if ok:
+            m.holds += 1
+
+    def op_vsunlock(self) -> None:
+        pick = self._pick_map()
+        if pick is None:
+            return
+        p, m = pick
+        ok, res = self._attempt(
+            "vsunlock", {"pid": p.pid, "addr": m.addr, "length": m.npages * PAGE}
+        )
+        self._expect(f"vsunlock in {p.pid}", ok, m.holds > 0, res)
+        if ok:
+            m.holds -= 1
 
     def op_load(self) -> None:
         pick = self._pick_map()

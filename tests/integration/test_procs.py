@@ -162,6 +162,32 @@ def test_a_store_into_a_hole_of_a_full_tmpfs_fails_at_the_fault(mounter: Mounter
     m.assert_healthy()
 
 
+def test_a_store_into_a_hole_of_a_backing_file_allocates_at_the_fault(mounted: Mounted) -> None:
+    """Scenario 11 on a backing mount: the store into a hole (read first: PG_RDONLY) gives
+    it its block at the fault, so a full disk -- here an injected ENOSPC of the
+    allocation -- fails that store (SIGBUS), not the later write-back; the next store
+    succeeds and its data reaches the backing file."""
+    m = mounted
+    f = m.mnt / "sparse"
+    f.write_bytes(b"x" * PAGE)
+    os.truncate(f, 8 * PAGE)
+    pid = ok(m, "proc-new")
+    addr = int(ok(m, "mmap", pid, "sparse", "0", "32K"), 16)
+    assert bytes.fromhex(ok(m, "load", pid, hex(addr + 5 * PAGE), "4")) == bytes(4)
+    ok(m, "inject", "backing-fallocate", "ENOSPC", "1")
+    err = fails(m, 1, "store", pid, hex(addr + 5 * PAGE), b"full".hex())
+    assert "ENOSPC" in err, err
+    assert bytes.fromhex(ok(m, "load", pid, hex(addr + 5 * PAGE), "4")) == bytes(4)
+    ok(m, "store", pid, hex(addr + 5 * PAGE), b"room".hex())
+    assert counters(m)["gop_allocs"] >= 1
+    assert f.read_bytes()[5 * PAGE : 5 * PAGE + 4] == b"room"
+    ok(m, "exit", pid)
+    r = m.ubcfs("sync", m.mnt)
+    assert r.returncode == 0, r.stderr
+    assert (m.backing / "sparse").read_bytes()[5 * PAGE : 5 * PAGE + 4] == b"room"
+    m.assert_healthy()
+
+
 def test_ptrace_write_and_fork(any_mounted: Mounted) -> None:
     m = any_mounted
     f = m.mnt / "lib.so"

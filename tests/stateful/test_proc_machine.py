@@ -1,7 +1,8 @@
 """Simulated processes and files against a model (issue 11): a hypothesis state machine
 over two files of a 128-frame engine -- writes, reads and truncations (the wired pages past
 a new end go) -- and processes that mmap them (shared and private, read-only and
-read-write), mlock and munlock, load, store, are written by a debugger, fork and exit.
+read-write), mlock and munlock, vslock and vsunlock, load, store, are written by a
+debugger, fork and exit.
 Every read and load is compared with ``ubcfs.procmodel`` (the model the stress tool uses
 too), every success or failure must be the predicted one, and the DIAGNOSTIC checker
 (rule 16 included) runs after every step.  At the end every process exits and nothing is
@@ -33,6 +34,8 @@ from ubcfs.vm.proc import (
     sys_mmap,
     sys_munlock,
     sys_munmap,
+    vslock,
+    vsunlock,
 )
 
 NFILES = 2
@@ -161,6 +164,27 @@ class ProcMachine(RuleBasedStateMachine):
             m.promote(i)
         if not err:
             m.locked = True
+
+    @precondition(_has_maps)
+    @rule(pick=picks)
+    def vslock(self, pick: int) -> None:
+        p, m, _ = self._map(pick)
+        want_ok, copies = m.vslock_outcome()
+        err = self.eng.run(vslock, p, m.addr, m.npages * PAGE)
+        assert (err == 0) == want_ok, f"vslock: errno {err}, model expected success={want_ok}"
+        for i in copies:
+            m.promote(i)
+        if not err:
+            m.holds += 1
+
+    @precondition(_has_maps)
+    @rule(pick=picks)
+    def vsunlock(self, pick: int) -> None:
+        p, m, _ = self._map(pick)
+        err = vsunlock(p, m.addr, m.npages * PAGE)
+        assert err == (0 if m.holds else errno.EINVAL), f"vsunlock: errno {err}, holds {m.holds}"
+        if not err:
+            m.holds -= 1
 
     @precondition(_has_maps)
     @rule(pick=picks)

@@ -38,6 +38,7 @@ import trio
 from genfs.io import putpages
 from pagers.aobj import Aobj
 from ubcfs.vfs.backing import futimens_empty
+from ubcfs.vm.hist import H_SETSIZE
 from ubcfs.vm.page import (
     PG_BUSY,
     PG_RELEASED,
@@ -209,6 +210,9 @@ async def _setsize_locked(ubc: Ubc, vp: Vnode, newsize: int) -> int:
     uvm = vp.uvm
     ps = uvm.page_size
     oldsize = vp.size
+    h = uvm.hist
+    if h is not None:
+        h.log(H_SETSIZE, vp.uobj.name, oldsize, newsize)
     vp.touch()
     vp.unsynced = True
     vops = vp.vops

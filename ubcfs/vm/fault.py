@@ -13,11 +13,12 @@ A fault is resolved as NetBSD structures it:
 2. *Upper layer*: an anon in the amap holds the page: bring it in from swap if need be;
    copy it to a new anon first if the access writes (or wires for write) and the anon is
    shared (``ref > 1``); otherwise map a shared anon read-only.
-3. *Lower layer*: the object's page (``pgo_get``, one page, no neighbours; EINVAL past
-   EOF is the process's SIGBUS), mapped as it is for a shared mapping -- read-only if
-   PG_RDONLY (a hole) -- or read-only for a private one; a write to a private mapping
-   *promotes* it: the data is copied into a new anon in the amap.  Anonymous memory with
-   no anon yet gets a zero-filled one.
+3. *Lower layer*: the object's page (``pgo_get``, one page, no neighbours, no
+   PGO_NOBLOCKALLOC: a write fault into a hole allocates its blocks there, and a full disk
+   is ENOSPC at the fault; EINVAL past EOF is the process's SIGBUS), mapped as it is for a
+   shared mapping -- read-only if PG_RDONLY (a hole read) -- or read-only for a private
+   one; a write to a private mapping *promotes* it: the data is copied into a new anon in
+   the amap.  Anonymous memory with no anon yet gets a zero-filled one.
 
 Then ``pmap_enter`` with PMAP_CANFAIL: when the pv pool is empty, everything is let go,
 the fault waits for the pagedaemon (``uvm_wait``) and starts again from the map lookup
@@ -53,6 +54,7 @@ import trio
 from ubcfs.vm.amap import amap_add, amap_lookup, amap_unref_range
 from ubcfs.vm.anon import VmAnon, analloc, anfree
 from ubcfs.vm.diag import panic
+from ubcfs.vm.hist import H_FAULT, H_UNWIRE, H_UNWIRE_SKIP, H_WIRE
 from ubcfs.vm.map import (
     VM_MAP_INTRSAFE,
     VmMap,
@@ -104,6 +106,9 @@ FAULT_NOMEM_WAIT: Final = 5.0  # seconds a fault waits for memory before it fail
 _WIRE_NONE: Final = 0
 _WIRE_ENTRY: Final = 1  # an access in a wired entry (the page was unmapped meanwhile)
 _WIRE_FAULT: Final = 2  # a wiring fault: one more wiring of the page
+# A vslock's fault in a wired entry: one more wiring, and the entry's own if the address
+# does not map the page (truncation took the entry's page, this is a new one).
+_WIRE_BOTH: Final = 3
 
 
 async def uvm_fault(vm: VmMap, va: int, access: int, fault_type: int = VM_FAULT_NORMAL) -> int:
@@ -123,6 +128,9 @@ async def uvm_fault(vm: VmMap, va: int, access: int, fault_type: int = VM_FAULT_
         # locked by interrupt handlers, and nothing may sleep on it.
         vm.uvm.uvmexp.fault_intrsafe += 1
         return errno.EFAULT
+    h = vm.uvm.hist
+    if h is not None:
+        h.log(H_FAULT, vm.name, va, access)
     since: float | None = None
     while True:
         err = await _fault_once(vm, va, access, fault_type, since)
@@ -152,7 +160,9 @@ async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: f
         check = entry.maxprot if fault_type == VM_FAULT_WIREMAX else entry.prot
         if access & ~check:
             return errno.EACCES
-        if fault_type != VM_FAULT_NORMAL:
+        if fault_type == VM_FAULT_WIRE and entry.wired_count > 0:
+            wired = _WIRE_BOTH
+        elif fault_type != VM_FAULT_NORMAL:
             wired = _WIRE_FAULT
         else:
             wired = _WIRE_ENTRY if entry.wired_count > 0 else _WIRE_NONE
@@ -185,18 +195,21 @@ async def _fault_once(vm: VmMap, va: int, access: int, fault_type: int, since: f
 def _enter(vm: VmMap, pgva: int, pg: VmPage, prot: int, access: int, wired: int) -> bool:
     """pmap_enter for a fault; False when the pv pool is empty (PMAP_CANFAIL).  A wiring
     fault (mlock's, vslock's) wires the page once more; a fault in a wired entry wires it
-    unless this address already maps it wired (a protection fault there)."""
-    again = False
-    if wired == _WIRE_ENTRY:
+    for the entry unless this address already maps it wired (a protection fault there, or
+    the entry's wiring is there) -- so a vslock's fault in a wired entry whose page
+    truncation took wires the new page twice, for the entry and for the hold."""
+    wirings = 1 if wired == _WIRE_FAULT else 0
+    if wired in (_WIRE_ENTRY, _WIRE_BOTH):
         old = pmap_lookup(vm.pmap, pgva >> vm.uvm.page_shift)
-        again = isinstance(old, Pte) and old.pg is pg and old.wired
+        held = isinstance(old, Pte) and old.pg is pg and old.wired
+        wirings = (0 if held else 1) + (1 if wired == _WIRE_BOTH else 0)
     flags = (access & prot) | PMAP_CANFAIL | (PMAP_WIRED if wired else 0)
     if pmap_enter(vm.pmap, pgva, pg, prot, flags):
         return False
     uvm = vm.uvm
-    if wired and not again:
+    for _ in range(wirings):
         pagewire(uvm, pg)
-    elif pg.wire_count == 0:
+    if not wirings and pg.wire_count == 0:
         pageactivate(uvm, pg)
     pmap_update(vm.pmap)
     return True
@@ -339,10 +352,9 @@ async def _lower(
     if promote:
         return await _promote(vm, entry, pgva, slot, pg, enter_prot, access, wired, since)
     prot = enter_prot
-    if pg.flags & PG_RDONLY and access & _P_WRITE:
-        # A hole written through a shared mapping: the backing file system allocates its
-        # blocks when the page is written back (this model has no block allocator).
-        pg.flags &= ~PG_RDONLY
+    # A write's get gave a hole its blocks and cleared PG_RDONLY (genfs: GOP_ALLOC; an
+    # aobj: its file system's capacity), or failed (ENOSPC) above; a read's get marked a
+    # hole's page PG_RDONLY, so that the first store faults again and allocates.
     if entry.copy_on_write or pg.flags & PG_RDONLY:
         prot &= ~_P_WRITE  # private: a write promotes; a hole: a write allocates
     ok = _enter(vm, pgva, pg, prot, access, wired)
@@ -460,6 +472,7 @@ def uvm_fault_unwire_locked(vm: VmMap, start: int, end: int) -> None:
         pte = pmap_lookup(vm.pmap, va >> shift)
         if not isinstance(pte, Pte) or pte.pg is None:
             exp.unwire_skips += 1  # "just skip that page": truncation took it
+            _hist_skip(vm, va)
             va += uvm.page_size
             continue
         entry = uvm_map_lookup_entry(vm, va)
@@ -505,6 +518,7 @@ async def uvm_map_pageable(vm: VmMap, start: int, end: int, wire: bool) -> int:
         if not range_is_mapped(vm, start, end):
             return errno.ENOMEM
         entries = clip_range(vm, start, end)
+        _hist_range(vm, H_WIRE if wire else H_UNWIRE, start, end)
         if not wire:
             for e in entries:
                 if e.wired_count:
@@ -551,6 +565,7 @@ async def uvm_vslock(vm: VmMap, start: int, end: int, access: int) -> int:
     failure (EACCES when the mapping does not allow ``access``, or the fault's errno) the
     pages already wired are unwired again.  => may sleep; the map unlocked."""
     uvm = vm.uvm
+    _hist_range(vm, H_WIRE, start, end)
     va = start
     while va < end:
         err = await uvm_fault(vm, va, access, VM_FAULT_WIRE)
@@ -578,6 +593,7 @@ def uvm_vsunlock(vm: VmMap, start: int, end: int) -> int:
         ps = vm.uvm.page_size
         if any(va not in vm.vslocks for va in range(start, end, ps)):
             return errno.EINVAL
+        _hist_range(vm, H_UNWIRE, start, end)
         _vsunlock_locked(vm, start, end)
     return 0
 
@@ -601,6 +617,7 @@ def vslock_release(vm: VmMap, hold: PageHold) -> None:
     pg = hold.pg
     if pg is None:
         uvm.uvmexp.unwire_skips += 1  # "just skip that page": truncation took it
+        _hist_skip(vm, hold.va)
         return
     hold.pg = None
     holds = uvm.page_holds[pg]
@@ -614,6 +631,18 @@ def vslock_release(vm: VmMap, hold: PageHold) -> None:
         if (entry is None or entry.wired_count == 0) and not _held_at(vm, va, pg):
             pmap_unwire(vm.pmap, va)
     pageunwire(uvm, pg)
+
+
+def _hist_skip(vm: VmMap, va: int) -> None:
+    h = vm.uvm.hist
+    if h is not None:
+        h.log(H_UNWIRE_SKIP, vm.name, va, 1)
+
+
+def _hist_range(vm: VmMap, kind: str, start: int, end: int) -> None:
+    h = vm.uvm.hist
+    if h is not None:
+        h.log(kind, vm.name, start, end)
 
 
 def _held_at(vm: VmMap, va: int, pg: VmPage) -> bool:

@@ -136,6 +136,10 @@ class PGO(enum.Flag):
     LOCKED = 0x0040  # getpages: never sleep; EBUSY when the first page is not obtained
     OVERWRITE = 0x0200  # getpages: caller overwrites the pages entirely; do not read them
     PASTEOF = 0x0800  # getpages: may create pages beyond EOF (writers)
+    # getpages: allocate no backing blocks for holes (UBC: the writer's file system does, at
+    # write-back); without it a write allocates them first (GOP_ALLOC) and a read marks the
+    # pages of holes PG_RDONLY -- a process's fault.
+    NOBLOCKALLOC = 0x4000
     # The kernel recognises the pagedaemon by curproc; here it says so.
     PDAEMON = 0x10000
 
@@ -148,6 +152,7 @@ PGO_ALLPAGES: Final = PGO.ALLPAGES.value
 PGO_LOCKED: Final = PGO.LOCKED.value
 PGO_OVERWRITE: Final = PGO.OVERWRITE.value
 PGO_PASTEOF: Final = PGO.PASTEOF.value
+PGO_NOBLOCKALLOC: Final = PGO.NOBLOCKALLOC.value
 PGO_PDAEMON: Final = PGO.PDAEMON.value
 
 

@@ -133,6 +133,8 @@ class Uvmexp:
     fault_intrsafe: int = 0  # faults refused on an interrupt-safe map
     fault_nomem: int = 0  # faults that gave up waiting for memory (ENOMEM)
     shared_wired_kept: int = 0  # wired MAP_SHARED mappings kept through a shared-amap copy
+    gop_allocs: int = 0  # hole pages given backing blocks at a process's write fault
+    holes_rdonly: int = 0  # hole pages marked PG_RDONLY at a process's read fault
     aobj_nomem: int = 0  # aobj allocations failed with ENOSPC: no memory and no swap room
 
     def as_dict(self) -> dict[str, int]:

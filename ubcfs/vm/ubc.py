@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ubcfs.vm.diag import panic
+from ubcfs.vm.hist import H_UBC_FAULT
 from ubcfs.vm.page import (
     PG_FAKE,
     PG_RDONLY,
@@ -54,7 +55,7 @@ from ubcfs.vm.page import (
     pageactivate,
     pagemarkdirty,
 )
-from ubcfs.vm.pager import PGO_OVERWRITE, PGO_PASTEOF, PGO_SYNCIO, uvm_wait
+from ubcfs.vm.pager import PGO_NOBLOCKALLOC, PGO_OVERWRITE, PGO_PASTEOF, PGO_SYNCIO, uvm_wait
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import (
     PMAP_CANFAIL,
@@ -339,7 +340,11 @@ class Ubc:
             panic("ubc_alloc: UBC_FAULTBUSY range is not whole pages")
         npages = length // ps
         err, pages = await pgops.get(
-            win.uobj, offset, npages, _P_RW, PGO_SYNCIO | PGO_OVERWRITE | PGO_PASTEOF
+            win.uobj,
+            offset,
+            npages,
+            _P_RW,
+            PGO_SYNCIO | PGO_OVERWRITE | PGO_PASTEOF | PGO_NOBLOCKALLOC,
         )
         if err:
             return err
@@ -426,9 +431,12 @@ class Ubc:
         assert uobj.pgops is not None
         exp.faults += 1
         pgva = va & ~uvm.page_mask
+        h = uvm.hist
+        if h is not None:
+            h.log(H_UBC_FAULT, uobj.name, win.offset + (pgva - win.va), access)
         offset = win.offset + (pgva - win.va)
         end = win.offset + self.winsize
-        flags = PGO_SYNCIO
+        flags = PGO_SYNCIO | PGO_NOBLOCKALLOC  # the file system allocates at write-back
         end = min(end, win.writeend)
         if access & _P_WRITE:
             flags |= PGO_PASTEOF

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ubcfs.vm.hist import UvmHist
 from ubcfs.vm.page import PQ_ACTIVE, PQ_INACTIVE, PageHold, PageQueue, VmPage
 from ubcfs.vm.param import MIN_PAGES, check_page_size, is_int
 from ubcfs.vm.physmem import PhysMem
@@ -68,6 +69,7 @@ class Uvm:
         page_waiters: wanted page -> the Event its waiters sleep on (this busy period).
         owner_tags: busy page -> who busied it and why, under DIAGNOSTIC (kernel: owner_tag).
         page_holds: wired page -> the ``uvm_vslock`` holds among its wirings.
+        hist: the event history, or None when it is off.
         free_event: set (and replaced) when pages are freed; ``uvm_wait`` sleeps on it.
         free_sleepers: tasks in ``uvm_wait`` (so that freeing pages with nobody waiting
             costs one test, not a question to trio).
@@ -133,6 +135,7 @@ class Uvm:
         self.page_waiters: dict[VmPage, trio.Event] = {}
         self.owner_tags: dict[VmPage, str] = {}
         self.page_holds: dict[VmPage, list[PageHold]] = {}  # wired page -> its vslock holds
+        self.hist: UvmHist | None = UvmHist()  # the event history (ubcfs.vm.hist)
         self.swap: SwapPager | None = None
         self._pdaemon_wakeup: Callable[[], None] | None = None
         self.pdaemon_running = False

@@ -6,14 +6,17 @@ rule 16 of the audit (reference §7-8, §11 scenarios 1, 3, 13, 15, 21)."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import trio
 import trio.testing
 
+from pagers.backing_io import IOKind
 from tests.unit.engine.enginetools import (
     PAGE,
     assert_sound,
+    gated_io,
     new_engine,
     page_is_free,
     pattern,
@@ -23,7 +26,7 @@ from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm import audit
 from ubcfs.vm.fault import FAULT_NOMEM_WAIT, VM_FAULT_NORMAL, uvm_fault
 from ubcfs.vm.map import VM_MAP_INTRSAFE, uvm_map_lookup_entry, uvmspace_alloc
-from ubcfs.vm.page import PG_BUSY
+from ubcfs.vm.page import PG_BUSY, PG_RDONLY
 from ubcfs.vm.param import Prot
 from ubcfs.vm.pmap import Pte, pmap_lookup
 from ubcfs.vm.proc import (
@@ -347,8 +350,10 @@ async def test_fault_waits_and_retries_when_pv_entries_run_out(tmp_path: Path) -
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loader)
+            with trio.fail_after(10):  # the fault's look-up of holes runs in a thread
+                while uvm.uvmexp.canfail_retries < retries + 1:  # noqa: ASYNC110 (a counter)
+                    await trio.sleep(0.01)
             await trio.testing.wait_all_tasks_blocked()
-            assert uvm.uvmexp.canfail_retries >= retries + 1
             assert not got, "the fault gave up instead of waiting for pv entries"
             uvm.pv_free = taken
             uvm.pages_freed()
@@ -822,6 +827,87 @@ async def test_rule_16_counts_every_wiring_of_a_process_page(tmp_path: Path) -> 
         assert any("[16]" in v and "vslock hold" in v for v in audit.audit(eng.uvm))
         p.vm.vslocks[va + PAGE] = hold
         assert audit.audit(eng.uvm) == []
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_hole_then_write_allocates_at_the_fault(tmp_path: Path) -> None:
+    """Scenario 11 on a backing file: a process's read fault of a hole maps a zero page
+    PG_RDONLY (read-only); the first store faults again and allocates the hole's block
+    (fallocate KEEP_SIZE) -- and when the disk is full that store fails with ENOSPC, at the
+    fault, with nothing changed; a page with data, and the mount's own writes, allocate
+    nothing here."""
+    async with new_engine().running() as eng:
+        path = tmp_path / "sparse"
+        path.write_bytes(pattern(23, 2 * PAGE))
+        os.truncate(path, 8 * PAGE)  # pages 2-7: a hole
+        vp = await eng.open(str(path))
+        io = gated_io(eng)
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 8 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await proc_load(p, va + 5 * PAGE, 8) == (0, bytes(8))
+        pg = vp.uobj.pages[5 * PAGE]
+        assert pg.flags & PG_RDONLY
+        pte = _pte(p, va + 5 * PAGE)
+        assert pte is not None
+        assert not pte.prot & Prot.WRITE.value  # read-only until written
+        assert await proc_load(p, va, 4) == (0, pattern(23, 2 * PAGE)[:4])
+        assert not vp.uobj.pages[0].flags & PG_RDONLY  # data: not a hole
+        eng.injector.arm(IOKind.FALLOCATE, errno.ENOSPC, 1)
+        assert await proc_store(p, va + 5 * PAGE, b"full") == errno.ENOSPC
+        assert pg.flags & PG_RDONLY
+        assert await proc_load(p, va + 5 * PAGE, 4) == (0, bytes(4))
+        _mapmap(eng, procs)
+        before = len(io.fallocate_calls)
+        assert await proc_store(p, va + 5 * PAGE, b"room") == 0
+        assert io.fallocate_calls[before:] == [(1, 5 * PAGE, PAGE)]
+        assert not pg.flags & PG_RDONLY
+        assert eng.uvm.uvmexp.gop_allocs == 1
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.lseek(fd, 5 * PAGE, os.SEEK_DATA) == 5 * PAGE  # allocated already
+        finally:
+            os.close(fd)
+        assert await proc_store(p, va + 8, b"data") == 0  # no hole there: nothing allocated
+        assert await proc_load(p, va + 6 * PAGE, 1) == (0, b"\0")
+        assert vp.uobj.pages[6 * PAGE].flags & PG_RDONLY
+        assert await eng.write(vp, 6 * PAGE + 10, b"via write") == (0, 9)  # the mount's
+        assert not vp.uobj.pages[6 * PAGE].flags & PG_RDONLY
+        assert len(io.fallocate_calls) == before + 1
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.fsync(vp) == 0
+        assert await eng.release(vp) == 0
+        data = path.read_bytes()
+        assert data[5 * PAGE : 5 * PAGE + 4] == b"room"
+        assert data[8:12] == b"data"
+        assert data[6 * PAGE + 10 : 6 * PAGE + 19] == b"via write"
+        assert_sound(eng)
+
+
+async def test_vslock_in_a_wired_entry_after_truncation_wires_for_both(tmp_path: Path) -> None:
+    """Found by the state machine: an mlocked range truncated away and extended again, then
+    vslock'd before any access: its fault maps a new page in a wired entry, which must be
+    wired for the entry as well as for the hold (once only, the munlock found a page
+    that was not wired, a panic)."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(24, 2 * PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, 2 * PAGE, vp.uobj, 0, RW, private=False)
+        assert await sys_mlock(p, va, 2 * PAGE) == 0
+        assert await eng.truncate(vp, 0) == 0
+        assert await eng.write(vp, PAGE - 1, b"xy") == (0, 2)
+        assert await vslock(p, va, 2 * PAGE) == 0
+        assert [vp.uobj.pages[o].wire_count for o in (0, PAGE)] == [2, 2]
+        _mapmap(eng, procs)
+        assert vsunlock(p, va, 2 * PAGE) == 0
+        assert [vp.uobj.pages[o].wire_count for o in (0, PAGE)] == [1, 1]
+        assert await sys_munlock(p, va, 2 * PAGE) == 0
+        assert eng.uvm.uvmexp.wired == 0
+        _mapmap(eng, procs)
         await procs.exit_all()
         assert await eng.release(vp) == 0
         assert_sound(eng)
