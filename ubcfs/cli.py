@@ -3,8 +3,9 @@
 ::
 
     ubcfs mount MOUNTPOINT [--backing DIR | --tmpfs] [--memory SIZE] [--swap SIZE]
-                [--swap-file PATH] [--page-size SIZE] [--no-ubc] [--no-extend-fastpath]
-                [--kernel-cache] [--allow-other] [--foreground] [--debug]
+                [--swap-file PATH] [--page-size SIZE] [--hist N] [--no-ubc]
+                [--no-extend-fastpath] [--kernel-cache] [--allow-other] [--foreground]
+                [--debug]
     ubcfs umount MOUNTPOINT
     ubcfs sync MOUNTPOINT
     ubcfs stat MOUNTPOINT [--json] [--watch SECONDS]
@@ -13,6 +14,7 @@
     ubcfs stress truncate MOUNTPOINT [--seconds N] [--seed S] [--processes P] [--files F]
                 [--ops N] [--json]
     ubcfs ctl MOUNTPOINT ping
+    ubcfs ctl MOUNTPOINT hist [--follow] [--json] [--limit N]
     ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync|backing-fallocate|
                 swap-write|swap-read ERRNO COUNT
     ubcfs ctl MOUNTPOINT proc-new|mmap|munmap|mlock|munlock|vslock|vsunlock|load|store|
@@ -146,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("errno", metavar="ERRNO", help="a name like EIO, or a number")
     q.add_argument("count", metavar="COUNT", help="how many I/Os fail (0 disarms)")
     q.set_defaults(func=cmd_inject)
+    q = ctl.add_parser(
+        "hist",
+        help="the event history: recent faults, getpages/putpages, pageouts, swap I/O,"
+        " wiring, truncation (NetBSD's UVMHIST)",
+        epilog="example: ubcfs ctl /mnt/ubc hist --follow",
+    )
+    q.add_argument("--follow", action="store_true", help="keep printing new events (Ctrl-C)")
+    q.add_argument("--json", action="store_true", help="one JSON object per event")
+    q.add_argument("--limit", default=None, help="print at most the last N events first")
+    q.set_defaults(func=cmd_hist)
     proc_cli.add_parsers(ctl, _connect)
     return parser
 
@@ -420,6 +432,70 @@ def cmd_check(ns: argparse.Namespace) -> int:
 def cmd_ping(ns: argparse.Namespace) -> int:
     print(json.dumps(_connect(ns.mountpoint).request("ping")))
     return 0
+
+
+HIST_FOLLOW_INTERVAL: Final = 0.2  # seconds between the polls of 'hist --follow'
+_HIST_HEX: Final = frozenset(("offset", "va", "start", "end", "old", "new"))
+
+
+def cmd_hist(ns: argparse.Namespace) -> int:
+    limit = None if ns.limit is None else options.parse_count(ns.limit, "--limit", 1, 1 << 20)
+    ctl = _connect(ns.mountpoint)
+    since = 0
+    if limit is not None:
+        head = _hist_reply(ctl.request("hist", {"limit": 1}), ctl.mountpoint)
+        since = max(0, head["seq"] - limit)
+    first = True
+    stop_at = -1  # without --follow: the events logged when the dump began
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            reply = _hist_reply(ctl.request("hist", {"since": since}), ctl.mountpoint)
+            _print_hist(reply, ns.json, quiet_lost=first)  # older events: not news
+            if first and not ns.follow:
+                stop_at = reply["seq"]
+            first = False
+            since = reply["next"]
+            if not ns.follow and since >= stop_at:
+                break
+            if not reply["events"]:
+                time.sleep(HIST_FOLLOW_INTERVAL)
+    return 0
+
+
+def _hist_reply(reply: Any, mountpoint: str) -> dict[str, Any]:
+    if (
+        not isinstance(reply, dict)
+        or not isinstance(reply.get("next"), int)
+        or not isinstance(reply.get("seq"), int)
+        or not isinstance(reply.get("events"), list)
+    ):
+        raise CommandFailedError(f"{mountpoint}: malformed hist reply from the daemon")
+    return reply
+
+
+def _print_hist(reply: dict[str, Any], as_json: bool, quiet_lost: bool) -> None:
+    lost = reply.get("lost", 0)
+    if lost and not quiet_lost:
+        if as_json:
+            print(json.dumps({"lost": lost}))
+        else:
+            print(
+                f"... {lost} events lost (the ring keeps {reply.get('size')}: mount with a"
+                " larger --hist, or follow more often)"
+            )
+    for ev in reply["events"]:
+        if as_json:
+            print(json.dumps(ev))
+            continue
+        t = ev.get("time", 0.0)
+        stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1e6) % 1000000:06d}"
+        nums = " ".join(
+            f"{k}={v:#x}" if k in _HIST_HEX else f"{k}={v}"
+            for k, v in ev.items()
+            if k not in ("seq", "time", "kind", "what") and isinstance(v, int)
+        )
+        print(f"{stamp} {ev.get('kind', '?'):<13} {ev.get('what', '?')}  {nums}")
+    sys.stdout.flush()
 
 
 def cmd_inject(ns: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from typing import Any, Final, NoReturn
 
 import pyfuse3
@@ -51,11 +52,14 @@ from ubcfs.vfs.namespace import Namespace
 from ubcfs.vfs.tmpfs import TmpfsNamespace
 from ubcfs.vfs.tmpfs_vnops import TmpfsFiles
 from ubcfs.vm.audit import audit
+from ubcfs.vm.hist import KINDS as HIST_KINDS
+from ubcfs.vm.hist import UvmHist
 from ubcfs.vm.stat import snapshot
 
 log = logging.getLogger("ubcfs.daemon")  # not __main__ under -m
 
 MAX_FILES_LISTED: Final = 1000  # the most objects one 'files' request lists
+MAX_HIST_REPLY: Final = 5000  # the most events one 'hist' reply carries
 REPLY_GRACE: Final = 5.0  # seconds to let pending ctl replies go out after the write-back
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -152,6 +156,7 @@ class Daemon:
             return self.ready.fail(f"cannot create the swap file {swap_file}: {_os_text(e)}")
         except (ValueError, MemoryError) as e:
             return self.ready.fail(f"cannot build the engine: {e}")
+        self.engine.uvm.hist = UvmHist(opts.hist) if opts.hist else None
         tune_gc()  # the machine's records are built: out of the collector's sight
         namespace: Namespace[Any]
         if opts.tmpfs:
@@ -284,6 +289,7 @@ class Daemon:
             ("umount", self._ctl_umount),
             ("inject", self._ctl_inject),
             ("files", self._ctl_files),
+            ("hist", self._ctl_hist),
         ):
             self.server.register(name, handler)
 
@@ -356,6 +362,28 @@ class Daemon:
                 }
             )
         return out
+
+    async def _ctl_hist(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The event history from sequence number ``since`` (default: the oldest kept), at
+        most ``limit`` events (default and most ``MAX_HIST_REPLY``): ``next`` to ask for
+        next time, ``seq`` the events logged so far, ``lost`` events from ``since`` that
+        the ring no longer holds, and the events with wall-clock times and their two
+        numbers named (``ubcfs.vm.hist.KINDS``)."""
+        check_keys(args, (), ("since", "limit"))
+        h = self.engine.uvm.hist
+        if h is None:
+            raise CommandError("the event history is off (mounted with --hist 0)")
+        since = arg_int(args, "since", 0, 1 << 62) if "since" in args else 0
+        limit = arg_int(args, "limit", 1, MAX_HIST_REPLY) if "limit" in args else MAX_HIST_REPLY
+        if since > h.seq:
+            raise CommandError(f"since {since} is in the future: {h.seq} events so far")
+        nxt, lost, events = h.since(since, limit)
+        wall = time.time() - time.monotonic()
+        out = []
+        for seq, (t, kind, what, a, b) in events:
+            la, lb = HIST_KINDS.get(kind, ("a", "b"))
+            out.append({"seq": seq, "time": t + wall, "kind": kind, "what": what, la: a, lb: b})
+        return {"next": nxt, "seq": h.seq, "lost": lost, "size": h.size, "events": out}
 
     async def _ctl_check(self, args: dict[str, Any]) -> dict[str, Any]:
         check_keys(args, ())

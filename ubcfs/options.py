@@ -40,6 +40,8 @@ MAX_SIZE: Final = 1 << 60
 MIN_MAXVNODES: Final = 16  # ubcfs.vfs.vcache's floor, repeated (the CLI must not import it)
 MAX_MAXVNODES: Final = 10_000_000
 DEFAULT_WRITEBACK_TIMEOUT: Final = 30.0  # seconds (ubcfs.vm.wbfail.DEFAULT_TIMEOUT)
+DEFAULT_HIST_SIZE: Final = 4096  # events (ubcfs.vm.hist.DEFAULT_HIST_SIZE)
+MAX_HIST_SIZE: Final = 1 << 20  # events (ubcfs.vm.hist.MAX_HIST_SIZE)
 MAX_WRITEBACK_TIMEOUT: Final = 86400.0
 FUSE_DEVICE: Final = "/dev/fuse"
 
@@ -144,6 +146,7 @@ class MountOptions:
         debug: verbose logging.
         maxvnodes: vnode cache size, or None for the default (from memory and the
             descriptor limit).
+        hist: events the event history keeps (0: no history).
         writeback_timeout: seconds a writer waits for memory held by pages that cannot be
             written before it gets the backing store's error.
     """
@@ -164,6 +167,7 @@ class MountOptions:
     debug: bool = False
     maxvnodes: int | None = None
     writeback_timeout: float = DEFAULT_WRITEBACK_TIMEOUT
+    hist: int = DEFAULT_HIST_SIZE
 
     def daemon_argv(self) -> list[str]:
         """The arguments that make ``python -m ubcfs.daemon`` run exactly these options
@@ -186,6 +190,8 @@ class MountOptions:
             str(self.page_size),
             "--writeback-timeout",
             repr(self.writeback_timeout),
+            "--hist",
+            str(self.hist),
         ]
         if self.swap_file is not None:
             argv += ["--swap-file", self.swap_file]
@@ -270,6 +276,13 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a writer waits for memory held by pages that cannot be written before"
         " it gets the backing store's error (default 30)",
     )
+    parser.add_argument(
+        "--hist",
+        metavar="N",
+        default=None,
+        help=f"events the event history keeps ('ubcfs ctl MNT hist'; default {DEFAULT_HIST_SIZE},"
+        f" at most {MAX_HIST_SIZE}; 0 turns it off)",
+    )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
         "--foreground", action="store_true", help="run the daemon in the foreground"
@@ -310,6 +323,9 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
     maxvnodes = None
     if ns.maxvnodes is not None:
         maxvnodes = parse_count(ns.maxvnodes, "--maxvnodes", MIN_MAXVNODES, MAX_MAXVNODES)
+    hist = DEFAULT_HIST_SIZE
+    if ns.hist is not None:
+        hist = parse_count(ns.hist, "--hist", 0, MAX_HIST_SIZE)
     writeback_timeout = DEFAULT_WRITEBACK_TIMEOUT
     if ns.writeback_timeout is not None:
         writeback_timeout = parse_seconds(ns.writeback_timeout, "--writeback-timeout")
@@ -334,6 +350,7 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         debug=ns.debug,
         maxvnodes=maxvnodes,
         writeback_timeout=writeback_timeout,
+        hist=hist,
     )
 
 
