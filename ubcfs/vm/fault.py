@@ -454,6 +454,14 @@ async def _wire_range(
     return 0, end
 
 
+def uvm_fault_unwire(vm: VmMap, start: int, end: int) -> None:
+    """Unwire [start, end) (kernel: uvm_fault_unwire): takes the map lock for
+    ``uvm_fault_unwire_locked``.  => the map is not locked (the lock panics on a second
+    entry); never sleeps."""
+    with vm.lock:
+        uvm_fault_unwire_locked(vm, start, end)
+
+
 def uvm_fault_unwire_locked(vm: VmMap, start: int, end: int) -> None:
     """Drop one wiring of each page mapped in [start, end) (kernel: uvm_fault_unwire_locked).
 

@@ -9,6 +9,7 @@ import errno
 import os
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -24,7 +25,14 @@ from tests.unit.engine.enginetools import (
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm import audit
-from ubcfs.vm.fault import FAULT_NOMEM_WAIT, VM_FAULT_NORMAL, uvm_fault
+from ubcfs.vm.diag import Panic
+from ubcfs.vm.fault import (
+    FAULT_NOMEM_WAIT,
+    VM_FAULT_NORMAL,
+    uvm_fault,
+    uvm_fault_unwire,
+    uvm_fault_unwire_locked,
+)
 from ubcfs.vm.map import VM_MAP_INTRSAFE, uvm_map_lookup_entry, uvmspace_alloc
 from ubcfs.vm.page import PG_BUSY, PG_RDONLY
 from ubcfs.vm.param import Prot
@@ -907,6 +915,27 @@ async def test_vslock_in_a_wired_entry_after_truncation_wires_for_both(tmp_path:
         assert [vp.uobj.pages[o].wire_count for o in (0, PAGE)] == [1, 1]
         assert await sys_munlock(p, va, 2 * PAGE) == 0
         assert eng.uvm.uvmexp.wired == 0
+        _mapmap(eng, procs)
+        await procs.exit_all()
+        assert await eng.release(vp) == 0
+        assert_sound(eng)
+
+
+async def test_the_unwire_variants_check_the_map_lock(tmp_path: Path) -> None:
+    """Thorpe's assertions: uvm_fault_unwire_locked panics without the map lock (under
+    DIAGNOSTIC), uvm_fault_unwire takes it itself (and panics if it is already held)."""
+    async with new_engine().running() as eng:
+        vp = await _file(eng, tmp_path, pattern(25, PAGE))
+        procs = ProcTable(eng.uvm)
+        p = procs.proc_new()
+        _, va = sys_mmap(p, PAGE, vp.uobj, 0, RW, private=False)
+        assert await vslock(p, va, PAGE) == 0
+        with pytest.raises(Panic, match="not held"):
+            uvm_fault_unwire_locked(p.vm, va, va + PAGE)
+        with p.vm.lock, pytest.raises(Panic):
+            uvm_fault_unwire(p.vm, va, va + PAGE)
+        assert vp.uobj.pages[0].wire_count == 1  # neither unwired anything
+        assert vsunlock(p, va, PAGE) == 0
         _mapmap(eng, procs)
         await procs.exit_all()
         assert await eng.release(vp) == 0
