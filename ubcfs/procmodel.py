@@ -101,28 +101,21 @@ class MapM:
         return True
 
     def mlock_outcome(self) -> tuple[bool, list[int]]:
-        """(will mlock succeed, the private pages its wiring faults copy).  The faults go
-        page by page: the first page past EOF fails it, after the ones before it."""
-        copies: list[int] = []
-        if self.locked:
-            return True, copies
-        for i in range(self.npages):
-            state = self.page(i)[0]
-            if state == GONE:
-                return False, copies
-            if self.private and state == FILE:
-                copies.append(i)
-        return True, copies
+        """(will mlock succeed, the private pages its wiring faults copy).  An mlocked
+        mapping is not wired again."""
+        return (True, []) if self.locked else self._wiring_faults()
 
     def vslock_outcome(self) -> tuple[bool, list[int]]:
         """(will a vslock of the whole mapping for read and write succeed, the private
-        pages its wiring faults copy).  A read-only mapping refuses it before any page; else
-        the faults go page by page, each a write fault (a private page becomes the
-        process's own), and the first page past EOF fails it -- the copies made before it
-        stay, the wirings are undone."""
+        pages its wiring faults copy).  A read-only mapping refuses it before any page; the
+        copies made before a failure stay, the wirings are undone."""
+        return self._wiring_faults() if self.writable else (False, [])
+
+    def _wiring_faults(self) -> tuple[bool, list[int]]:
+        """The wiring faults of every page in order (mlock's with the maximum protection,
+        vslock's for write: either way a private file page becomes the process's own):
+        the first page past EOF fails them, after the ones before it."""
         copies: list[int] = []
-        if not self.writable:
-            return False, copies
         for i in range(self.npages):
             state = self.page(i)[0]
             if state == GONE:
