@@ -10,9 +10,9 @@ through them, are written by a debugger (``ptrace-write``), ``fork`` and ``exit`
 read and every load is compared with the model; every operation's success or failure must
 be the one the model predicts (a load past the end of the file is SIGBUS, a store to a
 read-only mapping SIGSEGV, an mlock over pages past EOF fails, a vsunlock without a vslock
-is refused); ``ubcfs check`` runs every
-second.  Truncating a file under mlocked and vslocked mappings is the point: the wired
-pages past the new end go, and the later munlock, vsunlock, munmap or exit must skip them.
+is refused); ``ubcfs check`` runs every second.  Truncating a file under mlocked and
+vslocked mappings is the point: the wired pages past the new end go, and the later
+munlock, vsunlock, munmap or exit must skip them.
 
 The model of a mapping's page: a MAP_PRIVATE page that was written (a store, a debugger's
 write, or the copy that mlock makes of every page of a private mapping) is the process's
