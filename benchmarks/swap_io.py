@@ -42,7 +42,8 @@ from ubcfs.options import UsageError, parse_size
 from ubcfs.vm import audit
 from ubcfs.vm.page import pagedeactivate
 from ubcfs.vm.pager import Aio
-from ubcfs.vm.pdaemon import ClockPolicy, Pagedaemon
+from ubcfs.vm.pdaemon import Pagedaemon
+from ubcfs.vm.pdpolicy_clock import ClockPolicy
 from ubcfs.vm.pmap import pmap_clear_reference
 from ubcfs.vm.ubc import UBC_FAULTBUSY, Ubc, Uio
 from ubcfs.vm.uvm import Uvm
@@ -58,14 +59,16 @@ async def _evict_all(uvm: Uvm, ubc: Ubc, daemon: Pagedaemon, aio: Aio) -> None:
     for win in list(ubc.windows):
         if win.uobj is not None:
             ubc.purge(win.uobj)
-    for pg in list(uvm.active):
+    policy = uvm.pdpolicy
+    assert isinstance(policy, ClockPolicy)  # the machine is built with the default
+    for pg in list(policy.active):
         pmap_clear_reference(pg)
         pagedeactivate(uvm, pg)
     exp = uvm.uvmexp
     while exp.inactive:
         exp.freetarg = exp.npages
         try:
-            done = await daemon.policy.scan_inactive(daemon)
+            done = await daemon.scan_queue()
         finally:
             uvm.tune()
         await aio.drain()
@@ -80,7 +83,7 @@ async def run_size(memory: int, page_size: int, size: int, workdir: str) -> dict
     swap.attach()
     ubc = Ubc(uvm, nwins=64, winsize=64 * 1024)
     aio = Aio(uvm)
-    daemon = Pagedaemon(uvm, ClockPolicy())
+    daemon = Pagedaemon(uvm)
     data = os.urandom(CHUNK)
     out: dict[str, float] = {}
     try:

@@ -73,6 +73,7 @@ from ubcfs.vm.page import (
     pagebusy,
     pagedeactivate,
     pagedequeue,
+    pageenqueue,
     pagefree,
     pagemarkdirty,
     pagewait,
@@ -450,7 +451,7 @@ def _read_iodone(buf: Buf) -> None:
     for pg in buf.pages:
         pg.flags &= ~PG_FAKE
         pmap_clear_modify(pg)
-        pageactivate(uvm, pg)
+        pageenqueue(uvm, pg)  # read ahead, not yet used (kernel: uvm_aio_aiodone_pages)
     page_unbusy_many(uvm, buf.pages)
 
 

@@ -16,10 +16,19 @@ from ubcfs.vm.page import (
     pagefree,
 )
 from ubcfs.vm.param import Prot
+from ubcfs.vm.pdpolicy_clock import ClockPolicy
 from ubcfs.vm.pmap import Pmap, pmap_kremove, pmap_page_protect, pmap_update
 from ubcfs.vm.uvm import Uvm
 
 SMALL_PAGES = 64  # the smallest machine the core accepts
+
+
+def clock_queues(uvm: Uvm) -> ClockPolicy:
+    """The clock policy of ``uvm`` (the default), whose active and inactive queues tests
+    look at."""
+    policy = uvm.pdpolicy
+    assert isinstance(policy, ClockPolicy), policy
+    return policy
 
 
 def small_uvm(page_size: int = 4096, pv_entries: int | None = None) -> Uvm:

@@ -151,6 +151,7 @@ class Daemon:
                 swap_size=opts.swap if opts.tmpfs else 0,
                 swap_file=swap_file,
                 keep_swap_file=opts.swap_file is not None,
+                pdpolicy=opts.pdpolicy,
             )
         except OSError as e:
             return self.ready.fail(f"cannot create the swap file {swap_file}: {_os_text(e)}")

@@ -42,6 +42,8 @@ MAX_MAXVNODES: Final = 10_000_000
 DEFAULT_WRITEBACK_TIMEOUT: Final = 30.0  # seconds (ubcfs.vm.wbfail.DEFAULT_TIMEOUT)
 DEFAULT_HIST_SIZE: Final = 4096  # events (ubcfs.vm.hist.DEFAULT_HIST_SIZE)
 MAX_HIST_SIZE: Final = 1 << 20  # events (ubcfs.vm.hist.MAX_HIST_SIZE)
+PDPOLICIES: Final = ("clock", "clockpro")  # ubcfs.vm.pdpolicy.POLICIES, repeated
+DEFAULT_PDPOLICY: Final = "clock"
 MAX_WRITEBACK_TIMEOUT: Final = 86400.0
 FUSE_DEVICE: Final = "/dev/fuse"
 
@@ -147,6 +149,8 @@ class MountOptions:
         maxvnodes: vnode cache size, or None for the default (from memory and the
             descriptor limit).
         hist: events the event history keeps (0: no history).
+        pdpolicy: the page-replacement policy (``ubcfs.vm.pdpolicy``): ``clock`` or
+            ``clockpro``.
         writeback_timeout: seconds a writer waits for memory held by pages that cannot be
             written before it gets the backing store's error.
     """
@@ -168,6 +172,7 @@ class MountOptions:
     maxvnodes: int | None = None
     writeback_timeout: float = DEFAULT_WRITEBACK_TIMEOUT
     hist: int = DEFAULT_HIST_SIZE
+    pdpolicy: str = DEFAULT_PDPOLICY
 
     def daemon_argv(self) -> list[str]:
         """The arguments that make ``python -m ubcfs.daemon`` run exactly these options
@@ -192,6 +197,8 @@ class MountOptions:
             repr(self.writeback_timeout),
             "--hist",
             str(self.hist),
+            "--pdpolicy",
+            self.pdpolicy,
         ]
         if self.swap_file is not None:
             argv += ["--swap-file", self.swap_file]
@@ -283,6 +290,14 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"events the event history keeps ('ubcfs ctl MNT hist'; default {DEFAULT_HIST_SIZE},"
         f" at most {MAX_HIST_SIZE}; 0 turns it off)",
     )
+    parser.add_argument(
+        "--pdpolicy",
+        metavar="POLICY",
+        default=None,
+        help="the pagedaemon's page-replacement policy: clock (two-queue clock, NetBSD's"
+        " default) or clockpro (CLOCK-Pro: hot and cold pages, a test period, the history of"
+        f" evicted pages); default {DEFAULT_PDPOLICY}",
+    )
     parser.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     parser.add_argument(
         "--foreground", action="store_true", help="run the daemon in the foreground"
@@ -326,6 +341,9 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
     hist = DEFAULT_HIST_SIZE
     if ns.hist is not None:
         hist = parse_count(ns.hist, "--hist", 0, MAX_HIST_SIZE)
+    pdpolicy = DEFAULT_PDPOLICY if ns.pdpolicy is None else ns.pdpolicy
+    if pdpolicy not in PDPOLICIES:
+        raise UsageError(f"--pdpolicy: {pdpolicy!r} is not one of {', '.join(PDPOLICIES)}")
     writeback_timeout = DEFAULT_WRITEBACK_TIMEOUT
     if ns.writeback_timeout is not None:
         writeback_timeout = parse_seconds(ns.writeback_timeout, "--writeback-timeout")
@@ -351,6 +369,7 @@ def from_args(ns: argparse.Namespace) -> MountOptions:
         maxvnodes=maxvnodes,
         writeback_timeout=writeback_timeout,
         hist=hist,
+        pdpolicy=pdpolicy,
     )
 
 

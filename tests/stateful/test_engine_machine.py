@@ -68,13 +68,15 @@ files = st.integers(0, NFILES - 1)
 class EngineMachine(RuleBasedStateMachine):
     """Random operations on two files of a small engine, against ``FileModel``s."""
 
+    pdpolicy = "clock"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="ubcfs-machine-"))
         self.paths = [self.dir / f"f{i}" for i in range(NFILES)]
         self.models = [FileModel() for _ in range(NFILES)]
         params = GenfsParams(maxphys=64 * 1024, readahead=64 * 1024)
-        self.engine = new_engine(nwins=4, params=params)
+        self.engine = new_engine(nwins=4, params=params, pdpolicy=self.pdpolicy)
         self.eng = EngineThread(self.engine)
         self.vps: list[Vnode] = [self.eng.run(self.engine.open, p) for p in self.paths]
 
@@ -189,11 +191,18 @@ class EngineMachine(RuleBasedStateMachine):
             assert vp.size == model.size
 
 
+class ClockProEngineMachine(EngineMachine):
+    """The same under CLOCK-Pro (``--pdpolicy clockpro``)."""
+
+    pdpolicy = "clockpro"
+
+
 TestEngineMachine = EngineMachine.TestCase
+TestClockProEngineMachine = ClockProEngineMachine.TestCase
 # Each step crosses threads and often does real backing I/O: a third of the profile's
 # examples (20 in CI, more in the nightly profile), with shorter runs.
 _profile = settings()
-TestEngineMachine.settings = settings(
+TestEngineMachine.settings = TestClockProEngineMachine.settings = settings(
     _profile,
     max_examples=max(10, _profile.max_examples // 3),
     stateful_step_count=min(30, _profile.stateful_step_count),

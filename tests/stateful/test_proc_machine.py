@@ -47,10 +47,12 @@ picks = st.integers(0, 1 << 16)
 
 
 class ProcMachine(RuleBasedStateMachine):
+    pdpolicy = "clock"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="ubcfs-proc-machine-"))
-        self.engine = new_engine(pages=128, nwins=4)  # wiredmax: 42 pages
+        self.engine = new_engine(pages=128, nwins=4, pdpolicy=self.pdpolicy)  # wiredmax: 42
         self.eng = EngineThread(self.engine)
         self.files = [FileM(f"f{i}", bytearray()) for i in range(NFILES)]
         self.vps: list[Vnode] = [
@@ -247,10 +249,17 @@ class ProcMachine(RuleBasedStateMachine):
         assert bad == [], "\n".join(bad)
 
 
+class ClockProProcMachine(ProcMachine):
+    """The same under CLOCK-Pro (``--pdpolicy clockpro``)."""
+
+    pdpolicy = "clockpro"
+
+
 TestProcMachine = ProcMachine.TestCase
+TestClockProProcMachine = ClockProProcMachine.TestCase
 _profile = settings()
 # In process and cheap (about 0.1 s an example): as many examples as the profile asks.
-TestProcMachine.settings = settings(
+TestProcMachine.settings = TestClockProProcMachine.settings = settings(
     _profile,
     max_examples=_profile.max_examples,
     stateful_step_count=min(50, _profile.stateful_step_count),

@@ -62,6 +62,8 @@ anon_slots = st.integers(0, NANON - 1)
 class SwapMachine(RuleBasedStateMachine):
     """Random operations on two aobjs of a 64-frame machine with 512 slots of swap."""
 
+    pdpolicy = "clock"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="ubcfs-swap-machine-"))
@@ -79,7 +81,9 @@ class SwapMachine(RuleBasedStateMachine):
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
-        async with rig(self.dir, pages=64, swap_pages=512, cluster=16, nwins=4) as r:
+        async with rig(
+            self.dir, pages=64, swap_pages=512, cluster=16, nwins=4, pdpolicy=self.pdpolicy
+        ) as r:
             self._rig = r
             self.objs = [r.aobj(f"a{i}") for i in range(NOBJ)]
             self.amap = amap_alloc(r.uvm, NANON)
@@ -244,9 +248,16 @@ class SwapMachine(RuleBasedStateMachine):
         assert bad == [], "\n".join(bad)
 
 
+class ClockProSwapMachine(SwapMachine):
+    """The same under CLOCK-Pro (``--pdpolicy clockpro``)."""
+
+    pdpolicy = "clockpro"
+
+
 TestSwapMachine = SwapMachine.TestCase
+TestClockProSwapMachine = ClockProSwapMachine.TestCase
 _profile = settings()
-TestSwapMachine.settings = settings(
+TestSwapMachine.settings = TestClockProSwapMachine.settings = settings(
     _profile,
     max_examples=max(10, _profile.max_examples // 3),
     stateful_step_count=min(30, _profile.stateful_step_count),

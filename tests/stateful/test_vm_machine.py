@@ -21,6 +21,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.vmtools import clock_queues
 from ubcfs.vm import audit
 from ubcfs.vm.anon import VmAnon
 from ubcfs.vm.diag import Panic
@@ -688,8 +689,9 @@ class VmMachine(RuleBasedStateMachine):
         assert exp.active == len(self.active)
         assert exp.inactive == len(self.inactive)
         assert exp.wired == sum(1 for m in self.live.values() if m.wire)
-        assert [pg.phys_addr for pg in uvm.active] == self.active
-        assert [pg.phys_addr for pg in uvm.inactive] == self.inactive
+        queues = clock_queues(uvm)
+        assert [pg.phys_addr for pg in queues.active] == self.active
+        assert [pg.phys_addr for pg in queues.inactive] == self.inactive
         active, inactive = set(self.active), set(self.inactive)
         for pa, m in self.live.items():
             pg = m.pg

@@ -103,6 +103,9 @@ def test_swap_defaults_to_twice_memory() -> None:
         (["--writeback-timeout", "1e999"], "--writeback-timeout"),
         (["--writeback-timeout", "100000"], "--writeback-timeout"),
         (["--writeback-timeout", ""], "--writeback-timeout"),
+        (["--pdpolicy", "lru"], "--pdpolicy: 'lru' is not one of clock, clockpro"),
+        (["--pdpolicy", ""], "--pdpolicy"),
+        (["--pdpolicy", "CLOCK"], "--pdpolicy"),
     ],
 )
 def test_bad_options(argv: list[str], why: str) -> None:
@@ -116,6 +119,13 @@ def test_writeback_timeout() -> None:
     assert parse("/x", "--writeback-timeout", "2").writeback_timeout == 2.0
     assert parse("/x", "--writeback-timeout", "0.25").writeback_timeout == 0.25
     assert parse("/x", "--writeback-timeout", "86400").writeback_timeout == 86400.0
+
+
+def test_pdpolicy() -> None:
+    assert parse("/x").pdpolicy == "clock"
+    assert parse("/x", "--pdpolicy", "clockpro").pdpolicy == "clockpro"
+    o = parse("/x", "--backing", "/", "--pdpolicy", "clockpro")
+    assert parse(*o.daemon_argv()) == o
 
 
 def test_daemon_argv_round_trip(tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ from ubcfs.vfs.backing import vnode_fd_budget
 from ubcfs.vfs.vcache import VS, Key, Vcache, default_maxvnodes
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm.pager import Aio
-from ubcfs.vm.pdaemon import ClockPolicy, Pagedaemon
+from ubcfs.vm.pdaemon import Pagedaemon
+from ubcfs.vm.pdpolicy_clock import ClockPolicy
 from ubcfs.vm.ubc import Ubc
 from ubcfs.vm.uvm import Uvm
 from ubcfs.vm.wbfail import DEFAULT_TIMEOUT
@@ -99,7 +100,9 @@ class Engine:
             memory, so that many small files keep their windows).
         params: genfs tunables (cluster size, read-ahead, fast path).
         nowait: try backing reads inline with RWF_NOWAIT before using a thread.
-        test_reference: pagedaemon policy switch (see ``ClockPolicy``).
+        test_reference: the clock policy's switch (see ``ClockPolicy``).
+        pdpolicy: the page-replacement policy, ``clock`` or ``clockpro``
+            (``ubcfs.vm.pdpolicy``).
         max_io_threads: backing-I/O worker threads (the most I/Os in progress at once).
         populate: back all simulated memory with host memory at start (see ``PhysMem``).
         maxvnodes: vnode cache size (default: from memory and the descriptor limit).
@@ -130,10 +133,13 @@ class Engine:
         swap_size: int = 0,
         swap_file: str | None = None,
         keep_swap_file: bool = False,
+        pdpolicy: str = "clock",
     ) -> None:
         if not 0 < writeback_timeout < math.inf:
             raise ValueError(f"writeback_timeout {writeback_timeout!r} is not a positive time")
-        self.uvm = Uvm(memory, page_size, populate=populate)
+        self.uvm = Uvm(memory, page_size, populate=populate, pdpolicy=pdpolicy)
+        if isinstance(self.uvm.pdpolicy, ClockPolicy):
+            self.uvm.pdpolicy.test_reference = test_reference
         self.uvm.wbfail.timeout = writeback_timeout
         self.params = params if params is not None else GenfsParams()
         if self.params.maxphys < page_size:
@@ -153,7 +159,7 @@ class Engine:
                 raise ValueError("swap needs a swap file")
             self.swap = Swap(self.uvm, swap_file, swap_size, self.io, remove=not keep_swap_file)
             self.swap.attach()
-        self.pdaemon = Pagedaemon(self.uvm, ClockPolicy(test_reference=test_reference))
+        self.pdaemon = Pagedaemon(self.uvm)
         self.aio = Aio(self.uvm)
         if maxvnodes is None:
             maxvnodes = default_maxvnodes(memory, vnode_fd_budget())

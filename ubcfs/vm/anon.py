@@ -78,3 +78,4 @@ async def anfree(uvm: Uvm, anon: VmAnon) -> None:
     if anon.swslot > 0 and uvm.swap is not None:
         uvm.swap.free(anon.swslot)
     anon.swslot = 0
+    uvm.pdpolicy.anfree(anon)

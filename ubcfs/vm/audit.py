@@ -54,7 +54,6 @@ from ubcfs.vm.page import (
     PQ_AOBJ,
     PQ_FREE,
     PQ_QUEUES,
-    PageQueue,
     VmPage,
 )
 from ubcfs.vm.param import Prot
@@ -79,8 +78,7 @@ def audit(uvm: Uvm) -> list[str]:
     """Check every invariant of ``uvm``; return the violations (empty when sound)."""
     out: list[str] = []
     _check_free_lists(uvm, out)
-    _check_queue(uvm, uvm.active, out)
-    _check_queue(uvm, uvm.inactive, out)
+    uvm.pdpolicy.check(out)  # the queues are the policy's: it checks them itself
     _check_pages(uvm, out)
     _check_objects(uvm, out)
     _check_wbfail(uvm, out)
@@ -219,32 +217,6 @@ def _check_free_lists(uvm: Uvm, out: list[str]) -> None:
     npfree = sum(1 for pg in uvm.pages if pg.pqflags & PQ_FREE)
     if npfree != len(seen):
         out.append(f"[1] {npfree} pages have PQ_FREE but {len(seen)} are on the free lists")
-
-
-def _check_queue(uvm: Uvm, q: PageQueue, out: list[str]) -> None:
-    n = 0
-    prev: VmPage | None = None
-    pg = q.head
-    limit = uvm.uvmexp.npages + 1
-    while pg is not None and n < limit:
-        if pg.pqprev is not prev:
-            out.append(f"[1] {q.name} queue: back link of {pg!r} broken")
-        if not pg.pqflags & q.pqflag:
-            out.append(f"[1] {pg!r} on {q.name} queue without its PQ flag")
-        n += 1
-        prev, pg = pg, pg.pqnext
-    if n >= limit:
-        out.append(f"[1] {q.name} queue has a cycle")
-    if q.tail is not prev:
-        out.append(f"[1] {q.name} queue: tail pointer broken")
-    if n != q.count:
-        out.append(f"[1] {q.name} queue holds {n} pages but counts {q.count}")
-    expected = uvm.uvmexp.active if q is uvm.active else uvm.uvmexp.inactive
-    if n != expected:
-        out.append(f"[1] uvmexp.{q.name} is {expected} but the queue holds {n}")
-    recount = sum(1 for p in uvm.pages if p.pqflags & q.pqflag)
-    if recount != n:
-        out.append(f"[1] {recount} pages carry the {q.name} PQ flag but {n} are queued")
 
 
 def _check_pages(uvm: Uvm, out: list[str]) -> None:

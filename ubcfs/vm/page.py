@@ -8,8 +8,10 @@ is built and never destroyed.  A page is in exactly one of these states:
 
 =========  ==========================================================================
 free       on one of the two free lists (known-zero or not); PQ_FREE; no owner
-active     owned (object or anon), on the active queue (PQ_ACTIVE)
-inactive   owned, on the inactive queue (PQ_INACTIVE); it keeps its mappings
+active     owned (object or anon), on a queue of the replacement policy, counted active
+           (PQ_ACTIVE: the clock's active queue; CLOCK-Pro's hot pages)
+inactive   owned, on a queue of the policy, counted inactive (PQ_INACTIVE: the clock's
+           inactive queue; CLOCK-Pro's cold pages); it keeps its mappings
 wired      ``wire_count > 0``; on no paging queue
 off-queue  busy in flight: freshly allocated (PG_BUSY), under pageout (PG_PAGEOUT) or
            under any other cleaning write; or an objectless kernel page (kenter-mapped)
@@ -22,7 +24,9 @@ ownership that survives an ``await``: whoever busies a page owns its identity an
 until ``page_unbusy``; others set ``PG_WANTED`` and sleep in ``pagewait``.
 
 What is per page and what per run: a ``VmPage`` is the named per-frame record the rest of
-the code reads; the paging queues are intrusive lists through it (no allocation per entry).
+the code reads; the paging queues are intrusive lists through it (no allocation per entry),
+owned by the replacement policy (``ubcfs.vm.pdpolicy``): the queue functions here check
+the page's state and call the policy's hooks.
 The object's page table and dirty tag are per run of 32 pages (``ubcfs.vm.object``), and
 the free list of pages of unknown contents is a FIFO, so that frames freed in order come
 back as contiguous runs.
@@ -79,6 +83,15 @@ class PQ(enum.Flag):
     ANON = 0x0010  # owned by ``uanon``
     AOBJ = 0x0020  # owned by an anonymous object
     SWAPBACKED = 0x0030  # ANON | AOBJ (a literal: mypyc miscompiles a member made of members)
+    # The replacement policy's own bits (``ubcfs.vm.pdpolicy``; kernel: PQ_PRIVATE1..8).
+    PRIVATE1 = 0x0100
+    PRIVATE2 = 0x0200
+    PRIVATE3 = 0x0400
+    PRIVATE4 = 0x0800
+    PRIVATE5 = 0x1000
+    PRIVATE6 = 0x2000
+    PRIVATE7 = 0x4000
+    PRIVATE8 = 0x8000
 
 
 class PGA(enum.Flag):
@@ -109,6 +122,15 @@ PQ_ACTIVE: Final = PQ.ACTIVE.value
 PQ_ANON: Final = PQ.ANON.value
 PQ_AOBJ: Final = PQ.AOBJ.value
 PQ_SWAPBACKED: Final = PQ.SWAPBACKED.value
+PQ_PRIVATE1: Final = PQ.PRIVATE1.value
+PQ_PRIVATE2: Final = PQ.PRIVATE2.value
+PQ_PRIVATE3: Final = PQ.PRIVATE3.value
+PQ_PRIVATE4: Final = PQ.PRIVATE4.value
+PQ_PRIVATE5: Final = PQ.PRIVATE5.value
+PQ_PRIVATE6: Final = PQ.PRIVATE6.value
+PQ_PRIVATE7: Final = PQ.PRIVATE7.value
+PQ_PRIVATE8: Final = PQ.PRIVATE8.value
+# On one of the policy's queues: every policy marks its queued pages active or inactive.
 PQ_QUEUES: Final = PQ_ACTIVE | PQ_INACTIVE
 
 PGA_USERESERVE: Final = PGA.USERESERVE.value
@@ -237,6 +259,18 @@ class PageQueue:
         pg.pqflags |= self.pqflag
         self.count += 1
 
+    def insert_head(self, pg: VmPage) -> None:
+        head = self.head
+        pg.pqnext = head
+        pg.pqprev = None
+        if head is None:
+            self.tail = pg
+        else:
+            head.pqprev = pg
+        self.head = pg
+        pg.pqflags |= self.pqflag
+        self.count += 1
+
     def remove(self, pg: VmPage) -> None:
         prev, nxt = pg.pqprev, pg.pqnext
         if prev is None:
@@ -343,9 +377,9 @@ def pagealloc(
         pg.pqflags = 0
         exp.kernelpages += 1
     pg.mdattrs = 0
-    # UVM_KICK_PDAEMON: below freemin, or below freetarg with the inactive queue short.
+    # UVM_KICK_PDAEMON: below freemin, or below freetarg with the policy wanting a scan.
     avail = nfree - 1 + exp.paging
-    if avail < exp.freemin or (avail < exp.freetarg and exp.inactive < exp.inactarg):
+    if avail < exp.freemin or (avail < exp.freetarg and uvm.pdpolicy.needsscan()):
         uvm.kick_pdaemon()
     return pg
 
@@ -449,52 +483,43 @@ def pagefree(uvm: Uvm, pg: VmPage) -> None:
 
 
 def pageactivate(uvm: Uvm, pg: VmPage) -> None:
-    """Move a page to the tail of the active queue (kernel: uvm_pageactivate).
+    """``pg`` was used: tell the replacement policy (kernel: uvm_pageactivate), which
+    queues it if it is not (the clock: to the active tail).
 
     A wired page stays off the queues.  => page-queue "lock" (atomic section).
     """
     if pg.pqflags & PQ_FREE:
         panic(f"pageactivate: free page {pg!r}")
-    pagedequeue(uvm, pg)
     if pg.wire_count == 0:
-        uvm.active.insert_tail(pg)
-        uvm.uvmexp.active += 1
+        uvm.pdpolicy.pageactivate(pg)
 
 
 def pagedeactivate(uvm: Uvm, pg: VmPage) -> None:
-    """Move a page to the tail of the inactive queue (kernel: uvm_pagedeactivate).
+    """``pg`` may be reclaimed soon: tell the policy (kernel: uvm_pagedeactivate), which
+    queues it if it is not (the clock: to the inactive tail).
 
     Since Thorpe's change the page keeps its mappings; the caller must already have cleared
     its referenced bit (``pmap_clear_reference``).  Wired pages stay off the queues.
     """
-    pqflags = pg.pqflags
-    if pqflags & PQ_FREE:
+    if pg.pqflags & PQ_FREE:
         panic(f"pagedeactivate: free page {pg!r}")
-    if pqflags & PQ_INACTIVE or pg.wire_count:
-        return
-    exp = uvm.uvmexp
-    if pqflags & PQ_ACTIVE:
-        uvm.active.remove(pg)
-        exp.active -= 1
-    uvm.inactive.insert_tail(pg)
-    exp.inactive += 1
+    if pg.wire_count == 0:
+        uvm.pdpolicy.pagedeactivate(pg)
 
 
 def pagedequeue(uvm: Uvm, pg: VmPage) -> None:
-    """Take a page off the active or inactive queue, if on one (kernel: uvm_pagedequeue)."""
-    exp = uvm.uvmexp
-    if pg.pqflags & PQ_ACTIVE:
-        uvm.active.remove(pg)
-        exp.active -= 1
-    elif pg.pqflags & PQ_INACTIVE:
-        uvm.inactive.remove(pg)
-        exp.inactive -= 1
+    """Take a page off the policy's queues, if on one (kernel: uvm_pagedequeue)."""
+    if pg.pqflags & PQ_QUEUES:
+        uvm.pdpolicy.pagedequeue(pg)
 
 
 def pageenqueue(uvm: Uvm, pg: VmPage) -> None:
-    """Put an unqueued, unwired page on the active queue (kernel: uvm_pageenqueue)."""
+    """Queue an unqueued, unwired page nobody has used yet (kernel: uvm_pageenqueue):
+    read-ahead.  The clock treats it as used; CLOCK-Pro as speculative."""
+    if pg.pqflags & PQ_FREE:
+        panic(f"pageenqueue: free page {pg!r}")
     if not pg.pqflags & PQ_QUEUES and pg.wire_count == 0:
-        pageactivate(uvm, pg)
+        uvm.pdpolicy.pageenqueue(pg)
 
 
 def pagewire(uvm: Uvm, pg: VmPage) -> None:
@@ -531,8 +556,7 @@ def pageunwire(uvm: Uvm, pg: VmPage) -> None:
     pg.wire_count -= 1
     if pg.wire_count == 0:
         uvm.uvmexp.wired -= 1
-        uvm.active.insert_tail(pg)
-        uvm.uvmexp.active += 1
+        uvm.pdpolicy.pageactivate(pg)
 
 
 def pagelookup(uobj: UvmObject, offset: int) -> VmPage | None:

@@ -1,17 +1,19 @@
-"""The pagedaemon (~ uvm_pdaemon.c 1.39: uvm_pageout, uvmpd_scan, uvmpd_scan_inactive;
-uvm_pdpolicy_clock.c for the policy split of later NetBSD).
+"""The pagedaemon, the mechanism half of page replacement (~ uvm_pdaemon.c: uvm_pageout,
+uvmpd_scan, uvmpd_scan_queue; the policy half is ``ubcfs.vm.pdpolicy``, as NetBSD split
+them in uvm_pdpolicy.h).
 
 Theory of operation
 -------------------
-A trio task sleeps until an allocation finds memory short (``Uvm.kick_pdaemon``), then
-scans; once woken, the inactive scan goes on until ``free + paging`` reaches four times
-``freetarg`` (as 1.39 computes it), so that one wake-up frees a batch instead of the daemon
-being woken by nearly every allocation below the target:
+A trio task sleeps until an allocation finds memory short (``Uvm.kick_pdaemon``: below
+``freemin``, or below ``freetarg`` with the policy wanting a scan), then scans; once woken,
+the reclaim scan goes on until ``free + paging`` reaches four times ``freetarg`` (as 1.39
+computes it), so that one wake-up frees a batch instead of the daemon being woken by nearly
+every allocation below the target.  A pass is:
 
-* **inactive scan** (from the head of the inactive queue): pages keep their mappings while
-  inactive and had only their referenced bit cleared when they were deactivated (Thorpe's
-  change), so a page referenced since then is *reactivated* (``pdreact``).  Busy pages are
-  skipped.  For an unreferenced file page the daemon asks the pager to clean and free it:
+* **the reclaim scan** (``scan_queue``): the policy names victims one at a time
+  (``selectvictim``: the clock walks its inactive queue, reactivating referenced pages;
+  CLOCK-Pro runs its cold and hot hands), and the daemon reclaims each.  Busy pages are
+  skipped.  For a file page the daemon asks the pager to clean and free it:
   ``pgo_put(obj, off, off + PAGE_SIZE, CLEANIT | FREE | PDAEMON)``.  genfs_putpages checks
   "modified" (only when PG_CLEAN is set), frees a clean page at once, and writes a dirty one
   (clustered with dirty neighbours) asynchronously with PG_PAGEOUT set: the aiodone daemon
@@ -19,51 +21,39 @@ being woken by nearly every allocation below the target:
   failed.  Pages are dispatched on PQ_SWAPBACKED, as NetBSD does: an anon's or an aobj's
   page goes to the swap pager (``Uvm.swap``), which frees it if clean (its slot holds the
   data) or adds it to a swap-out cluster; without swap, or without a free slot, it is
-  reactivated, and after ``NUMDIRTYREACTS`` such pages the scan ends.  A vnode page goes to
-  its object's pager; an objectless page is reactivated.
-* **active scan**: while the inactive queue is below its target share (``inactarg`` =
-  a third of the active + inactive pages), deactivate pages from the head of the active queue,
-  clearing their referenced bit first.  ``ClockPolicy(test_reference=True)`` instead gives
-  active pages referenced since the last visit another round (the early-2001 behaviour the
-  seed describes); 1.39's behaviour (False) is the default.  When every swap slot is
-  allocated but some belong to resident pages, the active scan also frees those slots
-  (clearing PG_CLEAN first) until ``freetarg - free`` have gone: swap-shortage recovery.
+  reactivated, and after ``NUMDIRTYREACTS`` such pages the scan ends.  An objectless page is
+  reactivated.
+* **balancing** (the policy's ``balancequeue``): the clock refills its inactive queue up to
+  ``inactarg`` from the active head; both policies free swap slots of resident pages when
+  every slot is allocated but some hold copies of resident pages (``swap_shortage``).
 
 * **failing write-back** (``ubcfs.vm.wbfail``): a dirty page whose file's writes keep
   failing and whose retry time has not come is reactivated, not written (``wb_deferred``),
-  and the active scan leaves such pages active, so the inactive queue fills with pages that
-  can go.  A pass that freed nothing and had to leave such pages ends there, and the daemon
-  sleeps until the earliest retry time (at most ``HOLD_MAX``), or until a failing file's
-  write succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick it would
-  only make it meet the same pages again.  So a store that keeps failing costs one write per
-  file per backoff period, not a busy loop.
+  and the clock's balancing leaves such pages active, so the inactive queue fills with
+  pages that can go.  A pass that freed nothing and had to leave such pages ends there, and
+  the daemon sleeps until the earliest retry time (at most ``HOLD_MAX``), or until a failing
+  file's write succeeds, ignoring kicks meanwhile (``pdholds``): the allocations that kick
+  it would only make it meet the same pages again.  So a store that keeps failing costs one
+  write per file per backoff period, not a busy loop.
 
-The scan awaits only inside ``pgo_put``; the next page is looked up again after it, and the
-scan restarts from the head when that page left the queue meanwhile.  The daemon never
-sleeps on a busy page and never allocates, so it cannot deadlock with the tasks it serves;
-sleepers in ``uvm_wait`` are woken after each pass and after each I/O completion.
+The scan awaits only inside ``pgo_put``; the policy keeps its place across it and checks it
+when asked for the next victim (the clock restarts from the head when its next page left
+the queue meanwhile).  The daemon never sleeps on a busy page and never allocates, so it
+cannot deadlock with the tasks it serves; sleepers in ``uvm_wait`` are woken after each
+pass and after each I/O completion.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ubcfs.vm.page import (
-    PG_BUSY,
-    PG_CLEAN,
-    PQ_INACTIVE,
-    PQ_SWAPBACKED,
-    is_dirty,
-    pageactivate,
-    pagedeactivate,
-    pagefree,
-)
+from ubcfs.vm.page import PG_BUSY, PG_CLEAN, PQ_SWAPBACKED, pageactivate, pagefree
 from ubcfs.vm.pager import PGO_CLEANIT, PGO_FREE, PGO_PDAEMON, SWAP_FREED, SWAP_KEEP
-from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_modified, pmap_page_protect
+from ubcfs.vm.pmap import pmap_is_modified, pmap_page_protect
 
 if TYPE_CHECKING:
     from ubcfs.vm.uvm import Uvm
@@ -80,165 +70,6 @@ HOLD_MAX: Final = 1.0
 NUMDIRTYREACTS: Final = 16
 
 
-class PagePolicy(Protocol):
-    """The replacement policy (kernel: uvm_pdpolicy)."""
-
-    async def scan_inactive(self, daemon: Pagedaemon) -> int: ...
-
-    def scan_active(self, daemon: Pagedaemon) -> int: ...
-
-
-class ClockPolicy:
-    """Two-queue clock as in uvm_pdaemon.c 1.39 (kernel: uvm_pdpolicy_clock).
-
-    Args:
-        test_reference: in the active scan, skip (and clear) pages referenced since the last
-            visit instead of deactivating them.
-    """
-
-    def __init__(self, test_reference: bool = False) -> None:
-        self.test_reference = test_reference
-
-    async def scan_inactive(self, daemon: Pagedaemon) -> int:
-        """Reclaim from the inactive queue (kernel: uvmpd_scan_inactive); return the number of
-        pages freed or put under pageout."""
-        uvm = daemon.uvm
-        exp = uvm.uvmexp
-        ps = uvm.page_size
-        wbf = uvm.wbfail
-        queue = uvm.inactive
-        progress = 0
-        dirtyreacts = 0
-        budget = 2 * queue.count + 16  # bound one pass, even if the queue is refilled
-        pg = queue.head
-        while pg is not None and budget > 0:
-            budget -= 1
-            if uvm.free_plenty():
-                break
-            nxt = pg.pqnext
-            exp.pdscans += 1
-            if pmap_clear_reference(pg):
-                pageactivate(uvm, pg)
-                exp.pdreact += 1
-                pg = nxt
-                continue
-            if pg.flags & PG_BUSY:
-                exp.pdbusy += 1
-                pg = nxt
-                continue
-            uobj = pg.uobject
-            if pg.pqflags & PQ_SWAPBACKED:
-                # An anon's or an aobj's page (kernel: the PQ_SWAPBACKED branch of
-                # uvmpd_scan_inactive): the swap pager frees it if clean, else clusters it;
-                # with no swap, or no slot for it, it stays (reactivated, a bounded number
-                # per scan).
-                outcome = SWAP_KEEP if uvm.swap is None else uvm.swap.pageout(pg)
-                if outcome == SWAP_KEEP:
-                    pageactivate(uvm, pg)
-                    exp.pdreanon += 1
-                    dirtyreacts += 1
-                    if dirtyreacts >= NUMDIRTYREACTS:
-                        break
-                else:
-                    progress += 1
-                    if outcome == SWAP_FREED:
-                        exp.pdfreed += 1
-            elif uobj is not None and uobj.pgops is not None:
-                # The daemon locks out of order, so it only tries (and skips on failure).
-                if not uobj.vmobjlock.try_enter():
-                    pg = nxt
-                    continue
-                uobj.vmobjlock.exit()
-                if pg.flags & PG_CLEAN:
-                    # "modified" is consulted only when PG_CLEAN is set, and is final once
-                    # the mappings are gone.  A clean page is freed right here; only a dirty
-                    # one needs the pager (the kernel makes a pgo_put call for both).
-                    pmap_page_protect(uvm, pg, 0)
-                    if not pmap_is_modified(pg):
-                        pagefree(uvm, pg)
-                        exp.pdfreed += 1
-                        progress += 1
-                        pg = nxt
-                        continue
-                if wbf.objects:
-                    retry_at = wbf.backoff(uobj, trio.current_time())
-                    if retry_at:
-                        # Dirty, and its file's write-back fails and waits for its retry
-                        # time: writing it now would only fail again.  Keep it (reactivated)
-                        # and note when the file may be tried again.
-                        pageactivate(uvm, pg)
-                        exp.wb_deferred += 1
-                        daemon.retry_at = min(daemon.retry_at, retry_at)
-                        pg = nxt
-                        continue
-                before = exp.free + exp.paging
-                await uobj.pgops.put(
-                    uobj, pg.offset, pg.offset + ps, PGO_CLEANIT | PGO_FREE | PGO_PDAEMON
-                )
-                progress += max(0, exp.free + exp.paging - before)
-                if nxt is not None and not nxt.pqflags & PQ_INACTIVE:
-                    nxt = queue.head  # the queue changed under us: start over
-            else:
-                # An objectless page: cannot be reclaimed.
-                pageactivate(uvm, pg)
-                exp.pdreanon += 1
-            pg = nxt
-        if uvm.swap is not None:
-            uvm.swap.flush()
-        return progress
-
-    def scan_active(self, daemon: Pagedaemon) -> int:
-        """Refill the inactive queue up to ``inactarg`` (kernel: the active part of
-        uvmpd_scan); return the number of pages deactivated."""
-        uvm = daemon.uvm
-        exp = uvm.uvmexp
-        stuck = uvm.wbfail.objects
-        now = trio.current_time() if stuck else 0.0
-        shortage = exp.inactarg - exp.inactive
-        # Swap-shortage recovery (kernel: swap_shortage in uvmpd_scan): every slot is
-        # allocated, but some hold copies of resident pages: free those slots (PG_CLEAN
-        # first) so that dirty swap-backed pages can be paged out.
-        swap = uvm.swap
-        swap_shortage = 0
-        if swap is not None and exp.free < exp.freetarg and swap.short():
-            swap_shortage = exp.freetarg - exp.free
-        moved = 0
-        budget = uvm.active.count
-        pg = uvm.active.head
-        while pg is not None and (shortage > 0 or swap_shortage > 0) and budget > 0:
-            budget -= 1
-            nxt = pg.pqnext
-            if pg.flags & PG_BUSY:
-                pg = nxt
-                continue
-            if swap_shortage > 0 and pg.pqflags & PQ_SWAPBACKED:
-                assert swap is not None
-                if swap.drop_slot(pg):
-                    exp.swap_shortage_drops += 1
-                    swap_shortage -= 1
-            if shortage <= 0:
-                pg = nxt
-                continue
-            if stuck and pg.uobject in stuck and is_dirty(pg):
-                retry_at = uvm.wbfail.backoff(pg.uobject, now)
-                if retry_at:
-                    # Its file's write-back fails and waits for its retry time: leave it
-                    # active, so that the inactive queue fills with pages that can go.
-                    daemon.retry_at = min(daemon.retry_at, retry_at)
-                    exp.wb_deferred += 1
-                    pg = nxt
-                    continue
-            if pmap_clear_reference(pg) and self.test_reference:
-                pageactivate(uvm, pg)  # referenced since the last visit: another round
-            else:
-                pagedeactivate(uvm, pg)
-                exp.pddeact += 1
-                shortage -= 1
-                moved += 1
-            pg = nxt
-        return moved
-
-
 class Pagedaemon:
     """The pagedaemon task of one machine (kernel: uvm_pageout).
 
@@ -246,9 +77,8 @@ class Pagedaemon:
     wake-up and runs until cancelled.
     """
 
-    def __init__(self, uvm: Uvm, policy: PagePolicy | None = None) -> None:
+    def __init__(self, uvm: Uvm) -> None:
         self.uvm = uvm
-        self.policy: PagePolicy = policy if policy is not None else ClockPolicy()
         self._wake = trio.Event()
         self._woken = False  # _wake is set (a plain flag: the test runs on every kick)
         self._scanning = False
@@ -268,7 +98,7 @@ class Pagedaemon:
         uvm = self.uvm
         exp = uvm.uvmexp
         return uvm.free_short() or (
-            exp.free + exp.paging < uvm.free_target() * 2 and exp.inactive < exp.inactarg
+            exp.free + exp.paging < uvm.free_target() * 2 and uvm.pdpolicy.needsscan()
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -314,8 +144,8 @@ class Pagedaemon:
                     break
                 uvm.tune()
                 exp.pdrevs += 1
-                freed = await self.policy.scan_inactive(self)
-                moved = self.policy.scan_active(self)
+                freed = await self.scan_queue()
+                moved = uvm.pdpolicy.balancequeue(self, self.swap_shortage())
                 if not freed and not moved:
                     break
                 progress = True
@@ -330,6 +160,96 @@ class Pagedaemon:
         finally:
             self._scanning = False
         return progress
+
+    async def scan_queue(self) -> int:
+        """Reclaim the policy's victims until free memory is plentiful or the policy has
+        none left (kernel: uvmpd_scan_queue); return the number of pages freed or put under
+        pageout.
+
+        => awaits only inside ``pgo_put``; the policy keeps its place across it and looks
+           again at what changed meanwhile.
+        """
+        uvm = self.uvm
+        exp = uvm.uvmexp
+        ps = uvm.page_size
+        wbf = uvm.wbfail
+        policy = uvm.pdpolicy
+        progress = 0
+        dirtyreacts = 0
+        policy.scaninit()
+        while not uvm.free_plenty():
+            pg = policy.selectvictim()
+            if pg is None:
+                break
+            if pg.flags & PG_BUSY:
+                exp.pdbusy += 1
+                continue
+            uobj = pg.uobject
+            if pg.pqflags & PQ_SWAPBACKED:
+                # An anon's or an aobj's page (kernel: the PQ_SWAPBACKED branch of
+                # uvmpd_scan_queue): the swap pager frees it if clean, else clusters it;
+                # with no swap, or no slot for it, it stays (reactivated, a bounded number
+                # per scan).
+                outcome = SWAP_KEEP if uvm.swap is None else uvm.swap.pageout(pg)
+                if outcome == SWAP_KEEP:
+                    pageactivate(uvm, pg)
+                    exp.pdreanon += 1
+                    dirtyreacts += 1
+                    if dirtyreacts >= NUMDIRTYREACTS:
+                        break
+                else:
+                    progress += 1
+                    if outcome == SWAP_FREED:
+                        exp.pdfreed += 1
+            elif uobj is not None and uobj.pgops is not None:
+                # The daemon locks out of order, so it only tries (and skips on failure).
+                if not uobj.vmobjlock.try_enter():
+                    continue
+                uobj.vmobjlock.exit()
+                if pg.flags & PG_CLEAN:
+                    # "modified" is consulted only when PG_CLEAN is set, and is final once
+                    # the mappings are gone.  A clean page is freed right here; only a dirty
+                    # one needs the pager (the kernel makes a pgo_put call for both).
+                    pmap_page_protect(uvm, pg, 0)
+                    if not pmap_is_modified(pg):
+                        pagefree(uvm, pg)
+                        exp.pdfreed += 1
+                        progress += 1
+                        continue
+                if wbf.objects:
+                    retry_at = wbf.backoff(uobj, trio.current_time())
+                    if retry_at:
+                        # Dirty, and its file's write-back fails and waits for its retry
+                        # time: writing it now would only fail again.  Keep it (reactivated)
+                        # and note when the file may be tried again.
+                        pageactivate(uvm, pg)
+                        exp.wb_deferred += 1
+                        self.retry_at = min(self.retry_at, retry_at)
+                        continue
+                before = exp.free + exp.paging
+                await uobj.pgops.put(
+                    uobj, pg.offset, pg.offset + ps, PGO_CLEANIT | PGO_FREE | PGO_PDAEMON
+                )
+                progress += max(0, exp.free + exp.paging - before)
+            else:
+                # An objectless page: cannot be reclaimed.
+                pageactivate(uvm, pg)
+                exp.pdreanon += 1
+        if uvm.swap is not None:
+            uvm.swap.flush()
+        return progress
+
+    def swap_shortage(self) -> int:
+        """How many swap slots of resident pages to free (kernel: swap_shortage in
+        uvmpd_scan): every slot is allocated but some hold copies of resident pages, so
+        dirty swap-backed pages cannot be paged out until those slots are freed (PG_CLEAN
+        cleared first)."""
+        uvm = self.uvm
+        exp = uvm.uvmexp
+        swap = uvm.swap
+        if swap is not None and exp.free < exp.freetarg and swap.short():
+            return exp.freetarg - exp.free
+        return 0
 
     async def _hold(self, until: float) -> None:
         """Sleep until ``until`` (the earliest retry time of a failing file), at most

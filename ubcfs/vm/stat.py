@@ -142,8 +142,9 @@ class Uvmexp:
 
 
 def snapshot(uvm: Uvm) -> dict[str, Any]:
-    """The report of ``ubcfs stat --json``: page states, counters, swap use and the
-    write-back failure state.
+    """The report of ``ubcfs stat --json``: page states, counters, swap use, the
+    write-back failure state and the replacement policy's queues and counters (``pdpolicy``,
+    its ``name`` and ``PdPolicy.report``).
 
     ``dirty`` counts owned pages whose PG_CLEAN is clear or whose pmap modified bit is set:
     a walk of the owned pages, fine for a report, never done on a hot path.  In
@@ -187,6 +188,7 @@ def snapshot(uvm: Uvm) -> dict[str, Any]:
         "targets": {name: data[name] for name in _TARGETS},
         "swap": {"total": uvm.swap_total(), "used": uvm.swap_used(), "bad": uvm.swap_bad()},
         "writeback": {"waiting_pages": waiting} | uvm.wbfail.report(),
+        "pdpolicy": {"name": uvm.pdpolicy.name} | uvm.pdpolicy.report(),
     }
 
 

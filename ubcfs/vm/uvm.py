@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from ubcfs.vm.hist import UvmHist
-from ubcfs.vm.page import PQ_ACTIVE, PQ_INACTIVE, PageHold, PageQueue, VmPage
+from ubcfs.vm.page import PageHold, VmPage
 from ubcfs.vm.param import MIN_PAGES, check_page_size, is_int
+from ubcfs.vm.pdpolicy import PdPolicy, make_policy
 from ubcfs.vm.physmem import PhysMem
 from ubcfs.vm.pmap import Pmap
 from ubcfs.vm.stat import Uvmexp
@@ -58,7 +59,8 @@ class Uvm:
             first) and of the others (a FIFO: frames freed in ascending order are handed
             out again in that order, so pages allocated together for a run of a file get
             physically contiguous frames, and a copy moves the run at once).
-        active, inactive: the paging queues.
+        pdpolicy: the page-replacement policy, which owns the paging queues
+            (``ubcfs.vm.pdpolicy``: ``clock`` or ``clockpro``).
         uvmexp: counters.
         kernel_pmap: the kernel's address space (UBC windows, pager mappings).
         pmaps, objects: registries of live pmaps and objects, for the audit (an object
@@ -88,6 +90,7 @@ class Uvm:
         page_size: object = DEFAULT_PAGE_SIZE,
         pv_entries: object = None,
         populate: bool = False,
+        pdpolicy: str = "clock",
     ) -> None:
         # The sizes are typed ``object`` and checked here, so that a bool, float or str gets
         # the ValueError below in the compiled build too (not a TypeError at the call, nor
@@ -116,9 +119,8 @@ class Uvm:
         # Pop from the end: reversed so that low frames are handed out first.
         self.free_zero: list[VmPage] = self.pages[::-1]
         self.free_unknown: deque[VmPage] = deque()
-        self.active = PageQueue("active", PQ_ACTIVE)
-        self.inactive = PageQueue("inactive", PQ_INACTIVE)
         self.uvmexp = Uvmexp(npages=npages, free=npages, zeropages=npages)
+        self.pdpolicy: PdPolicy = make_policy(pdpolicy, self)
         self.pv_total = pv_entries
         self.pv_free = pv_entries
         self.kentered: list[int] = [0] * npages
@@ -166,7 +168,7 @@ class Uvm:
         exp.freemin = freemin
         exp.freetarg = max((freemin * 4) // 3, freemin + 1)
         exp.wiredmax = exp.npages // 3
-        exp.inactarg = max(exp.freetarg + 1, (exp.active + exp.inactive) // 3)
+        self.pdpolicy.tune()
 
     def set_pdaemon_wakeup(self, wakeup: Callable[[], None] | None) -> None:
         """Register the pagedaemon's wake-up (``ubcfs.vm.pdaemon`` does this)."""

@@ -33,6 +33,7 @@ def new_engine(
     nowait: bool = True,
     test_reference: bool = False,
     writeback_timeout: float = 30.0,
+    pdpolicy: str = "clock",
 ) -> Engine:
     """A small engine (64 frames of 4 KiB by default) whose backing I/O can be gated.
 
@@ -48,6 +49,7 @@ def new_engine(
         nowait=nowait,
         test_reference=test_reference,
         writeback_timeout=writeback_timeout,
+        pdpolicy=pdpolicy,
     )
     eng.io = GatedIO(eng.injector, nowait=nowait)
     return eng
@@ -69,6 +71,10 @@ def assert_sound(eng: Engine) -> None:
 def pattern(seed: int, n: int) -> bytes:
     """``n`` bytes that differ from page to page and from seed to seed, never all zero."""
     return random.Random(seed).randbytes(n).replace(b"\0", b"\1")
+
+
+# The page-replacement policies the engine's workload tests and machines run under.
+PDPOLICIES = ("clock", "clockpro")
 
 
 # --- the model -------------------------------------------------------------------------------

@@ -460,7 +460,7 @@ async def test_pagedaemon_second_chance(tmp_path: Path) -> None:
         gate = io.gate_write(2 * PAGE)
         uvm.free_wanted = exp.npages  # make the scan want every page it can get
         try:
-            await eng.pdaemon.policy.scan_inactive(eng.pdaemon)
+            await eng.pdaemon.scan_queue()
         finally:
             uvm.free_wanted = 0
         assert page_is_free(a)
@@ -529,7 +529,7 @@ async def test_inactive_scan_frees_a_batch_up_to_four_times_the_target(tmp_path:
         uvm.tune()
         assert exp.free + exp.paging < exp.freetarg, "the file should fill memory"
         freed = exp.pdfreed
-        await eng.pdaemon.policy.scan_inactive(eng.pdaemon)
+        await eng.pdaemon.scan_queue()
         assert exp.free + exp.paging == 4 * exp.freetarg
         assert exp.pdfreed - freed > 3 * exp.freetarg // 2
         assert_sound(eng)

@@ -5,7 +5,8 @@ DIAGNOSTIC checker runs after every operation (and, in the concurrent tests, fro
 its own at arbitrary interleavings).
 
 Seeded ``random`` rather than hypothesis here: each run is a few hundred operations and must
-be reproducible from the seed in the test id.
+be reproducible from the seed in the test id.  Every test runs under both page-replacement
+policies (``--pdpolicy clock`` and ``clockpro``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from genfs.node import GenfsParams
 from pagers.backing_io import IOKind
 from tests.unit.engine.enginetools import (
     PAGE,
+    PDPOLICIES,
     FileModel,
     assert_backing_matches,
     assert_engine_matches,
@@ -34,6 +36,8 @@ from tests.unit.engine.enginetools import (
 from ubcfs.vfs.engine import Engine
 from ubcfs.vfs.vnode import Vnode
 from ubcfs.vm.diag import LockInstrument
+
+pytestmark = pytest.mark.parametrize("pdpolicy", PDPOLICIES)
 
 # --- one task's random operations ------------------------------------------------------------
 
@@ -151,13 +155,15 @@ CONFIGS = {
 
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-async def test_random_workload_two_files(tmp_path: Path, config: str, seed: int) -> None:
+async def test_random_workload_two_files(
+    tmp_path: Path, config: str, seed: int, pdpolicy: str
+) -> None:
     """Two files of 4-16 times memory, random operations, everything checked."""
     frames, nwins, params, nowait = CONFIGS[config]
     memory = frames * PAGE
     limits = [4 * memory, 16 * memory] if frames == 64 else [4 * memory, 8 * memory]
     rnd = random.Random(f"{config}-{seed}")
-    eng = new_engine(frames, nwins=nwins, params=params, nowait=nowait)
+    eng = new_engine(frames, nwins=nwins, params=params, nowait=nowait, pdpolicy=pdpolicy)
     paths = [tmp_path / f"f{i}" for i in range(2)]
     models = [FileModel() for _ in paths]
     counts = Counts()
@@ -197,11 +203,11 @@ async def test_random_workload_two_files(tmp_path: Path, config: str, seed: int)
         assert exp.fastpath_skipped_zero == 0
 
 
-async def test_random_workload_with_injected_write_errors(tmp_path: Path) -> None:
+async def test_random_workload_with_injected_write_errors(tmp_path: Path, pdpolicy: str) -> None:
     """Backing writes fail now and then (EIO, ENOSPC) while memory is short: pageouts fail
     and are retried, nothing is lost; fsyncs report the failures they meet."""
     rnd = random.Random("inject")
-    eng = new_engine()
+    eng = new_engine(pdpolicy=pdpolicy)
     path = tmp_path / "f"
     model = FileModel()
     limit = 8 * 64 * PAGE
@@ -251,13 +257,13 @@ AUDIT_EVERY = 0.002
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_concurrent_tasks_same_file(
-    tmp_path: Path, seed: int, lock_instrument: LockInstrument
+    tmp_path: Path, seed: int, lock_instrument: LockInstrument, pdpolicy: str
 ) -> None:
     """Four writers on disjoint regions of one file, three readers of a region nobody
     writes, and an fsync-er, on a file 16 times the memory: every read sees exactly what the
     model says."""
     rnd = random.Random(seed)
-    eng = new_engine()
+    eng = new_engine(pdpolicy=pdpolicy)
     path = tmp_path / "shared"
     region = 48 * PAGE + 123  # not page aligned: neighbouring writers share a page
     nwriters = 4
@@ -317,11 +323,13 @@ async def test_concurrent_tasks_same_file(
     assert eng.uvm.uvmexp.pdpageouts > 0
 
 
-async def test_concurrent_tasks_many_files(tmp_path: Path, lock_instrument: LockInstrument) -> None:
+async def test_concurrent_tasks_many_files(
+    tmp_path: Path, lock_instrument: LockInstrument, pdpolicy: str
+) -> None:
     """Six tasks, each with random operations (truncate and fsync included) on a file of its
     own, two of them sharing a second vnode opened through a hard link, under memory
     pressure; the checker runs from its own task."""
-    eng = new_engine(nwins=8)
+    eng = new_engine(nwins=8, pdpolicy=pdpolicy)
     ntasks = 6
     paths = [tmp_path / f"f{i}" for i in range(ntasks)]
     models = [FileModel() for _ in paths]
@@ -354,10 +362,12 @@ async def test_concurrent_tasks_many_files(tmp_path: Path, lock_instrument: Lock
     assert sum(m.size for m in models) > 4 * 64 * PAGE
 
 
-async def test_concurrent_readers_and_writers_more_tasks_than_windows(tmp_path: Path) -> None:
+async def test_concurrent_readers_and_writers_more_tasks_than_windows(
+    tmp_path: Path, pdpolicy: str
+) -> None:
     """More tasks than UBC windows and than a cluster's worth of memory: tasks wait for
     windows and for pages, nobody deadlocks, everything reads back."""
-    eng = new_engine(nwins=2)
+    eng = new_engine(nwins=2, pdpolicy=pdpolicy)
     ntasks = 10
     paths = [tmp_path / f"g{i}" for i in range(ntasks)]
     models = [FileModel() for _ in paths]

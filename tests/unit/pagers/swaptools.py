@@ -18,7 +18,7 @@ from tests.unit.engine.enginetools import GatedIO
 from ubcfs.vm import audit
 from ubcfs.vm.page import pagedeactivate
 from ubcfs.vm.pager import Aio
-from ubcfs.vm.pdaemon import ClockPolicy, Pagedaemon
+from ubcfs.vm.pdaemon import Pagedaemon
 from ubcfs.vm.pmap import pmap_clear_reference
 from ubcfs.vm.ubc import UBC_FAULTBUSY, Ubc, Uio
 from ubcfs.vm.uvm import Uvm
@@ -59,17 +59,22 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    tmp_path: Path, pages: int = 64, swap_pages: int = 1024, cluster: int = 16, nwins: int = 8
+    tmp_path: Path,
+    pages: int = 64,
+    swap_pages: int = 1024,
+    cluster: int = 16,
+    nwins: int = 8,
+    pdpolicy: str = "clock",
 ) -> AsyncIterator[Rig]:
     """A running machine of ``pages`` frames with ``swap_pages`` slots of swap in
     ``tmp_path``; leaving it waits for the I/O in flight and removes the swap file."""
-    uvm = Uvm(pages * PAGE, PAGE)
+    uvm = Uvm(pages * PAGE, PAGE, pdpolicy=pdpolicy)
     io = GatedIO(FaultInjector())
     swap = Swap(uvm, str(tmp_path / "swap"), swap_pages * PAGE, io, cluster=cluster)
     swap.attach()
     ubc = Ubc(uvm, nwins=nwins, winsize=16 * 1024)
     aio = Aio(uvm)
-    daemon = Pagedaemon(uvm, ClockPolicy())
+    daemon = Pagedaemon(uvm)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(aio.run)
@@ -99,7 +104,8 @@ def deactivate_all(r: Rig) -> None:
     for win in list(r.ubc.windows):
         if win.uobj is not None:
             r.ubc.purge(win.uobj)
-    for pg in list(r.uvm.active):
+    queued = [pg for q in r.uvm.pdpolicy.queues() for pg in q]  # the clock: active first
+    for pg in queued:
         pmap_clear_reference(pg)  # as the active scan does before deactivating
         pagedeactivate(r.uvm, pg)
 
@@ -109,6 +115,6 @@ async def scan_short(r: Rig) -> int:
     exp = r.uvm.uvmexp
     exp.freetarg = exp.npages
     try:
-        return await r.daemon.policy.scan_inactive(r.daemon)
+        return await r.daemon.scan_queue()
     finally:
         r.uvm.tune()

@@ -327,7 +327,7 @@ async def test_active_scan_frees_slots_of_resident_pages_when_slots_run_short(
         assert r.swap.short()
         exp.freetarg = exp.free + 8  # memory looks short by 8 pages
         exp.inactarg = 0
-        r.daemon.policy.scan_active(r.daemon)
+        r.uvm.pdpolicy.balancequeue(r.daemon, r.daemon.swap_shortage())
         assert exp.swap_shortage_drops == 8
         assert r.swap.inuse == 8
         for pg in a.uobj.pages.values():

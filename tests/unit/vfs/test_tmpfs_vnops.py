@@ -56,7 +56,7 @@ class Tmpfs:
         exp = eng.uvm.uvmexp
         exp.freetarg = exp.npages
         try:
-            await eng.pdaemon.policy.scan_inactive(eng.pdaemon)
+            await eng.pdaemon.scan_queue()
         finally:
             eng.uvm.tune()
         await eng.aio.drain()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vmtools import alloc_anon, settle
+from tests.vmtools import alloc_anon, clock_queues, settle
 from ubcfs.vm import audit
 from ubcfs.vm.diag import Panic
 from ubcfs.vm.object import LEAF_PAGES, UvmObject
@@ -122,7 +122,7 @@ def test_rule1_free_count_desync(busy_machine: Uvm) -> None:
 
 
 def test_rule1_queue_count_corrupt(busy_machine: Uvm) -> None:
-    busy_machine.active.count += 1
+    clock_queues(busy_machine).active.count += 1
     caught(busy_machine, "1", "active queue holds")
 
 
@@ -182,14 +182,14 @@ def test_rule1_unbusy_without_requeue_loses_the_page(uvm: Uvm, new_page: NewPage
 
 def test_rule1_queue_back_link_broken(busy_machine: Uvm, new_page: NewPage) -> None:
     new_page()
-    pg = busy_machine.active.tail
+    pg = clock_queues(busy_machine).active.tail
     assert pg is not None
     pg.pqprev = pg
     caught(busy_machine, "1", "back link")
 
 
 def test_rule1_queue_cycle(busy_machine: Uvm) -> None:
-    pg = busy_machine.active.head
+    pg = clock_queues(busy_machine).active.head
     assert pg is not None
     pg.pqnext = pg
     caught(busy_machine, "1", "cycle")
@@ -198,7 +198,7 @@ def test_rule1_queue_cycle(busy_machine: Uvm) -> None:
 def test_rule1_queue_flag_on_an_unqueued_page(busy_machine: Uvm, obj: UvmObject) -> None:
     busy = next(pg for pg in obj.pages.values() if pg.flags & PG_BUSY)
     busy.pqflags |= PQ_INACTIVE
-    caught(busy_machine, "1", "carry the inactive PQ flag")
+    caught(busy_machine, "1", "carry the inactive queue's flag")
 
 
 def test_rule1_page_count_sum(busy_machine: Uvm) -> None:

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.vmtools import alloc, alloc_anon, resident, settle
+from tests.vmtools import alloc, alloc_anon, clock_queues, resident, settle
 from ubcfs.vm import diag
 from ubcfs.vm.anon import VmAnon
 from ubcfs.vm.diag import LockInstrument, Panic
@@ -390,7 +390,7 @@ def test_pagefree_takes_the_page_off_its_queue(uvm: Uvm, new_page: NewPage) -> N
     pagefree(uvm, act)
     pagefree(uvm, inact)
     assert (uvm.uvmexp.active, uvm.uvmexp.inactive) == (0, 0)
-    assert list(uvm.active) == list(uvm.inactive) == []
+    assert list(clock_queues(uvm).active) == list(clock_queues(uvm).inactive) == []
 
 
 def test_pagefree_drops_the_wiring(uvm: Uvm, new_page: NewPage) -> None:
@@ -546,10 +546,10 @@ def test_wiring_an_inactive_page(uvm: Uvm, new_page: NewPage) -> None:
     pagedeactivate(uvm, pg)
     pagewire(uvm, pg)
     assert uvm.uvmexp.inactive == 0
-    assert list(uvm.inactive) == []
+    assert list(clock_queues(uvm).inactive) == []
     pageunwire(uvm, pg)
     assert pg.pqflags & PQ_ACTIVE
-    assert list(uvm.active) == [pg]
+    assert list(clock_queues(uvm).active) == [pg]
 
 
 def test_wiring_a_fresh_page_then_unwiring_queues_it(uvm: Uvm, new_page: NewPage) -> None:
@@ -558,7 +558,7 @@ def test_wiring_a_fresh_page_then_unwiring_queues_it(uvm: Uvm, new_page: NewPage
     pg.flags &= ~PG_FAKE
     page_unbusy(uvm, pg)
     pageunwire(uvm, pg)
-    assert list(uvm.active) == [pg]
+    assert list(clock_queues(uvm).active) == [pg]
 
 
 def test_unwiring_an_unwired_page_panics(uvm: Uvm, new_page: NewPage) -> None:
@@ -566,7 +566,7 @@ def test_unwiring_an_unwired_page_panics(uvm: Uvm, new_page: NewPage) -> None:
     with pytest.raises(Panic, match="pageunwire: unwiring a page that is not wired"):
         pageunwire(uvm, pg)
     assert pg.wire_count == 0
-    assert list(uvm.active) == [pg]
+    assert list(clock_queues(uvm).active) == [pg]
 
 
 def test_queue_calls_leave_wired_pages_off_the_queues(uvm: Uvm, new_page: NewPage) -> None:
@@ -585,21 +585,21 @@ def test_queue_calls_leave_wired_pages_off_the_queues(uvm: Uvm, new_page: NewPag
 
 def test_activate_and_deactivate_move_pages_to_the_tail(uvm: Uvm, new_page: NewPage) -> None:
     a, b, c = new_page(), new_page(), new_page()
-    assert list(uvm.active) == [a, b, c]
+    assert list(clock_queues(uvm).active) == [a, b, c]
     pageactivate(uvm, a)
-    assert list(uvm.active) == [b, c, a]
+    assert list(clock_queues(uvm).active) == [b, c, a]
     pagedeactivate(uvm, c)
     pagedeactivate(uvm, a)
-    assert list(uvm.active) == [b]
-    assert list(uvm.inactive) == [c, a]
+    assert list(clock_queues(uvm).active) == [b]
+    assert list(clock_queues(uvm).inactive) == [c, a]
     assert (uvm.uvmexp.active, uvm.uvmexp.inactive) == (1, 2)
-    assert (len(uvm.active), len(uvm.inactive)) == (1, 2)
+    assert (len(clock_queues(uvm).active), len(clock_queues(uvm).inactive)) == (1, 2)
     assert c.pqflags == PQ_INACTIVE
     pagedeactivate(uvm, c)  # already inactive: stays where it is
-    assert list(uvm.inactive) == [c, a]
+    assert list(clock_queues(uvm).inactive) == [c, a]
     pageactivate(uvm, c)
-    assert list(uvm.active) == [b, c]
-    assert list(uvm.inactive) == [a]
+    assert list(clock_queues(uvm).active) == [b, c]
+    assert list(clock_queues(uvm).inactive) == [a]
     assert (uvm.uvmexp.active, uvm.uvmexp.inactive) == (2, 1)
 
 
@@ -618,8 +618,8 @@ def test_dequeue_and_enqueue(uvm: Uvm, new_page: NewPage) -> None:
     pageenqueue(uvm, a)  # already queued: stays inactive
     assert a.pqflags & PQ_INACTIVE
     pageenqueue(uvm, b)
-    assert list(uvm.active) == [b]
-    assert list(uvm.inactive) == [a]
+    assert list(clock_queues(uvm).active) == [b]
+    assert list(clock_queues(uvm).inactive) == [a]
 
 
 def test_queue_removal_from_the_middle_keeps_links(uvm: Uvm, new_page: NewPage) -> None:
@@ -627,9 +627,9 @@ def test_queue_removal_from_the_middle_keeps_links(uvm: Uvm, new_page: NewPage) 
     pagefree(uvm, pages[2])
     pagewire(uvm, pages[0])
     pagedeactivate(uvm, pages[4])
-    assert list(uvm.active) == [pages[1], pages[3]]
-    assert uvm.active.head is pages[1]
-    assert uvm.active.tail is pages[3]
+    assert list(clock_queues(uvm).active) == [pages[1], pages[3]]
+    assert clock_queues(uvm).active.head is pages[1]
+    assert clock_queues(uvm).active.tail is pages[3]
     assert pages[3].pqprev is pages[1]
     pageunwire(uvm, pages[0])
 
