@@ -62,7 +62,6 @@ from ubcfs.vm.page import (
     PG_PAGEOUT,
     PG_RDONLY,
     PG_RELEASED,
-    PQ_INACTIVE,
     PQ_QUEUES,
     VmPage,
     is_dirty,
@@ -609,7 +608,7 @@ def _put_one(node: GenfsNode, pg: VmPage, start: int, end: int, flags: int) -> B
     cluster = _gather_cluster(node, pg)
     for cp in cluster:
         if not start <= cp.offset < end:
-            if pdaemon and flags & PGO_FREE and _reclaimable_neighbour(cp):
+            if pdaemon and flags & PGO_FREE and _reclaimable_neighbour(node, cp):
                 # An inactive, unreferenced neighbour would be the daemon's next victim:
                 # free it with this write rather than scan it again and write it alone.
                 _set_pageout(node, cp)
@@ -648,8 +647,8 @@ def _set_pageout(node: GenfsNode, pg: VmPage) -> None:
     pagedequeue(uvm, pg)
 
 
-def _reclaimable_neighbour(pg: VmPage) -> bool:
-    return bool(pg.pqflags & PQ_INACTIVE) and not pg.wire_count and not pmap_is_referenced(pg)
+def _reclaimable_neighbour(node: GenfsNode, pg: VmPage) -> bool:
+    return not pg.wire_count and node.uvm.pdpolicy.pagereclaimable(pg)
 
 
 def _gather_cluster(node: GenfsNode, pg: VmPage) -> list[VmPage]:

@@ -5,9 +5,9 @@ Mechanism and policy are split as NetBSD draws the line:
 * the **policy** owns the paging queues of the unwired, owned pages and decides which page
   goes next: ``pageactivate`` (a page was used), ``pagedeactivate`` (a page may go soon),
   ``pagedequeue`` (it leaves the queues: freed, wired, under pageout), ``pageenqueue`` (a
-  page nobody asked for yet, e.g. read-ahead), ``selectvictim`` (the next page to reclaim),
-  ``balancequeue`` (keep its queues in shape after a scan), ``needsscan``, ``tune``, and
-  ``check`` (the audit asks it to check itself);
+  page nobody asked for yet, e.g. read-ahead), ``pagereclaimable`` (would it be a victim),
+  ``selectvictim`` (the next page to reclaim), ``balancequeue`` (keep its queues in shape
+  after a scan), ``needsscan``, ``tune``, and ``check`` (the audit asks it to check itself);
 * the **mechanism** -- ``ubcfs.vm.page`` (which calls the hooks) and the pagedaemon
   (``ubcfs.vm.pdaemon``, which asks for victims and does the pageouts) -- knows nothing of
   the queues' shape.
@@ -71,6 +71,12 @@ class PdPolicy:
     def pageenqueue(self, pg: VmPage) -> None:
         """Queue an unqueued page that nobody has used yet (kernel: uvmpdpol_pageenqueue):
         read-ahead."""
+        raise NotImplementedError(self.name)
+
+    def pagereclaimable(self, pg: VmPage) -> bool:
+        """Would ``pg`` be a victim as it is: unused lately and where the policy reclaims
+        from?  genfs asks this of a dirty neighbour of a pageout, to free it with the same
+        write rather than scan it and write it again alone."""
         raise NotImplementedError(self.name)
 
     def anfree(self, anon: VmAnon) -> None:

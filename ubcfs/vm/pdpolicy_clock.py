@@ -18,7 +18,7 @@ import trio
 
 from ubcfs.vm.page import PG_BUSY, PQ_ACTIVE, PQ_INACTIVE, PQ_SWAPBACKED, PageQueue, is_dirty
 from ubcfs.vm.pdpolicy import PdPolicy
-from ubcfs.vm.pmap import pmap_clear_reference
+from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_referenced
 
 if TYPE_CHECKING:
     from ubcfs.vm.page import VmPage
@@ -72,6 +72,9 @@ class ClockPolicy(PdPolicy):
 
     def pageenqueue(self, pg: VmPage) -> None:
         self.pageactivate(pg)
+
+    def pagereclaimable(self, pg: VmPage) -> bool:
+        return bool(pg.pqflags & PQ_INACTIVE) and not pmap_is_referenced(pg)
 
     def tune(self) -> None:
         exp = self.uvm.uvmexp

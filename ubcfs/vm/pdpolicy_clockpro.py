@@ -65,7 +65,7 @@ from ubcfs.vm.page import (
     PageQueue,
 )
 from ubcfs.vm.pdpolicy import PdPolicy
-from ubcfs.vm.pmap import pmap_clear_reference
+from ubcfs.vm.pmap import pmap_clear_reference, pmap_is_referenced
 
 if TYPE_CHECKING:
     from ubcfs.vm.anon import VmAnon
@@ -338,6 +338,16 @@ class ClockProPolicy(PdPolicy):
         self._clearreferencebit(pg)
         pg.pqflags |= PQ_SPECULATIVE
         self._enqueue(pg)
+
+    def pagereclaimable(self, pg: VmPage) -> bool:
+        """Cold, unused and off test: a page on test is evicted by hand-cold only, which
+        remembers it as non-resident."""
+        f = pg.pqflags
+        return (
+            bool(f & PQ_INACTIVE)
+            and not f & (PQ_REFERENCED | PQ_TEST | PQ_INITIALREF)
+            and not pmap_is_referenced(pg)
+        )
 
     def anfree(self, anon: VmAnon) -> None:
         self._nres_lookupremove(id(anon), 0)

@@ -346,3 +346,26 @@ async def test_clockpro_keeps_a_hot_set_through_one_shot_scans(tmp_path: Path) -
     clock = await _scan_hits(tmp_path, "clock")
     pro = await _scan_hits(tmp_path, "clockpro")
     assert pro > clock + 0.2, f"clockpro {pro:.3f} vs clock {clock:.3f}"
+
+
+def test_pagereclaimable_answers_as_the_policy_would_choose() -> None:
+    uvm = machine("clock")
+    obj = UvmObject(uvm, "f")
+    (a,) = fill(uvm, obj, 1)
+    assert not uvm.pdpolicy.pagereclaimable(a), "active"
+    pagedeactivate(uvm, a)
+    assert uvm.pdpolicy.pagereclaimable(a)
+    a.mdattrs |= MD_REFERENCED
+    assert not uvm.pdpolicy.pagereclaimable(a), "used since it was deactivated"
+
+    uvm = machine("clockpro")
+    obj = UvmObject(uvm, "f")
+    pages = fill(uvm, obj, 200)
+    cold = pages[0]  # out of newq: cold, on test
+    assert cold.pqflags & PQ_TEST
+    assert not uvm.pdpolicy.pagereclaimable(cold), "on test: hand-cold must remember it"
+    cold.pqflags &= ~PQ_TEST
+    assert uvm.pdpolicy.pagereclaimable(cold)
+    pageactivate(uvm, cold)  # a use sets PQ_REFERENCED, not a pmap bit
+    assert not uvm.pdpolicy.pagereclaimable(cold)
+    assert not uvm.pdpolicy.pagereclaimable(pages[-1]), "new, queued because it was used"
