@@ -140,6 +140,7 @@ def render(mountpoint: str, cur: Sample, prev: Sample | None, width: int, height
             f"{'swap':<{label_w}}{used:>{count_w}} {_bar(used, stotal, bar_w)}"
             f" {_size(used, ps):>8} of {_size(stotal, ps)}, {swap.get('bad', 0)} bad"
         )
+    lines.append(_policy_line(st))
     r = rates(cur, prev)
     lines.append("")
     lines.append("per second:" if r else "per second: (after the next sample)")
@@ -170,6 +171,24 @@ def render(mountpoint: str, cur: Sample, prev: Sample | None, width: int, height
     if len(lines) > height:
         lines = [*lines[: max(1, height - 1)], _fit("(more: make the window taller)", width)]
     return lines
+
+
+def _policy_line(st: dict[str, Any]) -> str:
+    """The replacement policy and the shape of its queues."""
+    pol = st.get("pdpolicy")
+    name = pol.get("name") if isinstance(pol, dict) else None
+    if not isinstance(name, str):
+        return "policy   ?"
+    q = _ints(st, "pdpolicy")
+    if name == "clockpro":
+        return (
+            f"policy   clockpro: hot {q.get('hot', 0)}, cold {q.get('cold', 0)} (target"
+            f" {q.get('cold_target', 0)}), remembered evictions {q.get('nonresident', 0)}"
+        )
+    return (
+        f"policy   {name}: active {q.get('active_pages', 0)}, inactive"
+        f" {q.get('inactive_pages', 0)} (target {q.get('inactive_target', 0)})"
+    )
 
 
 def _num(d: dict[str, Any], key: str) -> int:

@@ -52,3 +52,16 @@ def test_frame_is_cut_to_the_window() -> None:
     assert all(len(line) <= 30 for line in lines)
     first = render("/m", _sample(0, 0), None, 200, 99)
     assert any("after the next sample" in line for line in first)
+
+
+def test_frame_names_the_replacement_policy_and_its_queues() -> None:
+    s = _sample(0.0, 0)
+    assert any(line.startswith("policy   ?") for line in render("/m", s, None, 100, 99))
+    s.stat["pdpolicy"] = {"name": "clock", "active_pages": 200, "inactive_pages": 50,
+                          "inactive_target": 83}  # fmt: skip
+    line = next(x for x in render("/m", s, None, 100, 99) if x.startswith("policy"))
+    assert line.split()[1:] == ["clock:", "active", "200,", "inactive", "50", "(target", "83)"]
+    s.stat["pdpolicy"] = {"name": "clockpro", "hot": 230, "cold": 20, "cold_target": 25,
+                          "nonresident": 7}  # fmt: skip
+    line = next(x for x in render("/m", s, None, 100, 99) if x.startswith("policy"))
+    assert "hot 230, cold 20 (target 25), remembered evictions 7" in line

@@ -81,13 +81,17 @@ def add_parsers(ctl: Any, connect: Connect) -> None:
 
         return func
 
-    q = ctl.add_parser("proc-new", help="make a simulated process; prints its pid")
+    q = ctl.add_parser(
+        "proc-new",
+        help="make a simulated process; prints its pid",
+        epilog="example: ubcfs ctl /mnt/ubc proc-new   (prints 1)",
+    )
     q.set_defaults(func=run("proc-new", lambda ns: {}, "pid"))
 
     q = ctl.add_parser(
         "mmap",
         help="map LENGTH bytes of PATH from OFFSET into process PID; prints the address",
-        epilog="example: ubcfs ctl /mnt mmap 1 src/lib.so 0 64K --private --prot r",
+        epilog="example: ubcfs ctl /mnt/ubc mmap 1 src/lib.so 0 64K --private --prot r",
     )
     q.add_argument("pid", metavar="PID")
     q.add_argument("path", metavar="PATH", help="a regular file of this mount, from its root")
@@ -118,7 +122,7 @@ def add_parsers(ctl: Any, connect: Connect) -> None:
         ("vsunlock", "undo vslock of a range"),
         ("load", "read LENGTH bytes at ADDR as process PID; prints them as hex"),
     ):
-        q = ctl.add_parser(cmd, help=text)
+        q = ctl.add_parser(cmd, help=text, epilog=f"example: ubcfs ctl /mnt/ubc {cmd} 1 0x10000 8K")
         q.add_argument("pid", metavar="PID")
         q.add_argument("addr", metavar="ADDR")
         q.add_argument("length", metavar="LENGTH")
@@ -138,7 +142,9 @@ def add_parsers(ctl: Any, connect: Connect) -> None:
         ("store", "write HEX bytes at ADDR as process PID"),
         ("ptrace-write", "write HEX bytes into process PID at ADDR as a debugger does"),
     ):
-        q = ctl.add_parser(cmd, help=text)
+        q = ctl.add_parser(
+            cmd, help=text, epilog=f"example: ubcfs ctl /mnt/ubc {cmd} 1 0x10004 deadbeef"
+        )
         q.add_argument("pid", metavar="PID")
         q.add_argument("addr", metavar="ADDR")
         q.add_argument("hex", metavar="HEX")
@@ -153,11 +159,23 @@ def add_parsers(ctl: Any, connect: Connect) -> None:
             )
         )
 
-    q = ctl.add_parser("fork", help="fork process PID; prints the child's pid")
+    q = ctl.add_parser(
+        "fork",
+        help="fork process PID; prints the child's pid",
+        epilog="example: ubcfs ctl /mnt/ubc fork 1   (prints 2)",
+    )
     q.add_argument("pid", metavar="PID")
     q.set_defaults(func=run("fork", lambda ns: {"pid": parse_pid(ns.pid)}, "pid"))
-    q = ctl.add_parser("exit", help="process PID exits (its mappings go)")
+    q = ctl.add_parser(
+        "exit",
+        help="process PID exits (its mappings go)",
+        epilog="example: ubcfs ctl /mnt/ubc exit 2",
+    )
     q.add_argument("pid", metavar="PID")
     q.set_defaults(func=run("exit", lambda ns: {"pid": parse_pid(ns.pid)}))
-    q = ctl.add_parser("procs", help="the simulated processes and their maps, as JSON")
+    q = ctl.add_parser(
+        "procs",
+        help="the simulated processes and their maps, as JSON",
+        epilog="example: ubcfs ctl /mnt/ubc procs",
+    )
     q.set_defaults(func=run("procs", lambda ns: {}, "json"))
