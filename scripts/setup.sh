@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a ubcfs checkout on Debian, as root:
-#   * Debian packages: fuse3, libfuse3-dev, pkg-config, patch (and a C compiler, Python
-#     headers and venv support, which building pyfuse3 from source needs), installed only
-#     when missing;
+#   * Debian packages: fuse3, libfuse3-dev, pkg-config, patch, fio and make (for ubcfs
+#     bench) (and a C compiler, Python headers and venv support, which building pyfuse3
+#     from source needs), installed only when missing;
 #   * .venv in the checkout with pyfuse3 built from its sdist with
 #     scripts/pyfuse3-fallocate.patch (pyfuse3 3.5 does not wire FUSE fallocate), then the
 #     package installed editable, with its dev extra;
@@ -19,6 +19,8 @@ pkg-config --exists fuse3 2>/dev/null || need_pkgs+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v patch >/dev/null 2>&1 || need_pkgs+=(patch)
+command -v fio >/dev/null 2>&1 || need_pkgs+=(fio)  # ubcfs bench and benchmarks/mount_fio.py
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)  # the build job of ubcfs bench
 command -v "$py" >/dev/null 2>&1 || need_pkgs+=(python3)
 if command -v "$py" >/dev/null 2>&1; then
     inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
