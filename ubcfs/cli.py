@@ -13,6 +13,9 @@
     ubcfs top MOUNTPOINT [--interval SECONDS] [--once]
     ubcfs stress truncate MOUNTPOINT [--seconds N] [--seed S] [--processes P] [--files F]
                 [--ops N] [--json]
+    ubcfs bench [--size SIZE] [--memory SIZE] [--page-size SIZE] [--jobs LIST]
+                [--targets LIST] [--policies LIST] [--rounds N] [--out DIR]
+    ubcfs bench --compare A.json B.json
     ubcfs ctl MOUNTPOINT ping
     ubcfs ctl MOUNTPOINT hist [--follow] [--json] [--limit N]
     ubcfs ctl MOUNTPOINT inject backing-write|backing-read|backing-fsync|backing-fallocate|
@@ -88,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ubcfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("mount", help="mount (returns when the mount serves requests)")
+    p = sub.add_parser(
+        "mount",
+        help="mount (returns when the mount serves requests)",
+        epilog="examples: ubcfs mount /mnt/ubc --backing /srv/data --memory 64M\n"
+        "          ubcfs mount /mnt/t --tmpfs --memory 32M --swap 256M --pdpolicy clockpro",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     options.add_mount_arguments(p)
     p.set_defaults(func=cmd_mount)
 
@@ -97,11 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("sync", cmd_sync, "write back every dirty page"),
         ("check", cmd_check, "run the invariant checker in the daemon; exit 0 iff clean"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, epilog=f"example: ubcfs {name} /mnt/ubc")
         p.add_argument("mountpoint", metavar="MOUNTPOINT")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("stat", help="vmstat-style report of page states and counters")
+    p = sub.add_parser(
+        "stat",
+        help="vmstat-style report of page states and counters",
+        epilog="examples: ubcfs stat /mnt/ubc; ubcfs stat /mnt/ubc --watch 1;"
+        " ubcfs stat /mnt/ubc --json | jq .pdpolicy",
+    )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--watch", metavar="SECONDS", help="repeat every SECONDS until Ctrl-C")
@@ -138,12 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=cmd_stress)
 
+    _add_bench_parser(sub)
+
     p = sub.add_parser("ctl", help="talk to the daemon: ping, fault injection, simulated processes")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     ctl = p.add_subparsers(dest="ctl_command", required=True, metavar="CTL_COMMAND")
-    q = ctl.add_parser("ping", help="print the daemon's identity as JSON")
+    q = ctl.add_parser(
+        "ping",
+        help="print the daemon's identity as JSON",
+        epilog="example: ubcfs ctl /mnt/ubc ping",
+    )
     q.set_defaults(func=cmd_ping)
-    q = ctl.add_parser("inject", help="make the next COUNT backing I/Os of KIND fail")
+    q = ctl.add_parser(
+        "inject",
+        help="make the next COUNT backing I/Os of KIND fail",
+        epilog="example: ubcfs ctl /mnt/ubc inject backing-write ENOSPC 3",
+    )
     q.add_argument("kind", metavar="KIND", choices=INJECT_KINDS, help=" | ".join(INJECT_KINDS))
     q.add_argument("errno", metavar="ERRNO", help="a name like EIO, or a number")
     q.add_argument("count", metavar="COUNT", help="how many I/Os fail (0 disarms)")
@@ -160,6 +184,62 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_hist)
     proc_cli.add_parsers(ctl, _connect)
     return parser
+
+
+BENCH_EPILOG: Final = """\
+examples:
+  ubcfs bench --size 32M --rounds 3         every job on every target
+  ubcfs bench --jobs seqwrite,randread --targets ubcfs,no-ubc,backing --rounds 5
+  ubcfs bench --jobs loop,scan --memory 32M  the page-replacement policies alone
+  ubcfs bench --compare bench-A/results.json bench-B/results.json
+
+jobs: seqwrite seqread-cold seqread-warm randread randwrite append metadata build
+  truncate fastpath loop scan (default all).  targets: ubcfs tmpfs no-ubc kernel-cache
+  backing linux-tmpfs (default all; linux-tmpfs needs root).  Needs fio (apt-get install
+  fio) and matplotlib (pip install 'ubcfs[bench]')."""
+
+
+def _add_bench_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark jobs on ubcfs mounts and their baselines: a table, results.json,"
+        " PNG charts, index.html",
+        epilog=BENCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--size", metavar="SIZE", help="the sequential file; other jobs scale with it (default 64M)"
+    )
+    p.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="--memory of the ubcfs mounts; the loop and scan files scale with it (default 128M)",
+    )
+    p.add_argument("--page-size", metavar="SIZE", help="--page-size of the mounts (default 4096)")
+    p.add_argument("--jobs", metavar="LIST", help="comma-separated jobs (default all)")
+    p.add_argument("--targets", metavar="LIST", help="comma-separated targets (default all)")
+    p.add_argument(
+        "--policies",
+        metavar="LIST",
+        help="page-replacement policies of the loop and scan jobs (default clock,clockpro)",
+    )
+    p.add_argument("--rounds", metavar="N", help="interleaved rounds (default 3)")
+    p.add_argument(
+        "--out", metavar="DIR", help="new or empty output directory (default ./bench-DATE-TIME)"
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="print two runs' medians side by side with B/A, and run nothing",
+    )
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from ubcfs.bench import run
+
+    return run.main(ns)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -684,6 +764,11 @@ def format_report(mountpoint: str, snap: dict[str, Any]) -> str:
         lines.append(f"{100 * fds.get('hits', 0) / lookups:>11.1f}% descriptor cache hit rate")
     for key, n in _section(snap, "procs").items():
         lines.append(f"{n:>12} {_PROC_LABELS.get(key, key)}")
+    policy = snap.get("pdpolicy")
+    if isinstance(policy, dict) and isinstance(policy.get("name"), str):
+        lines.append(f"{policy['name']:>12} page-replacement policy")
+        for key, n in _section(snap, "pdpolicy").items():
+            lines.append(f"{n:>12} {policy['name']} {key}")
     lines += _writeback_lines(snap)
     return "\n".join(lines)
 
