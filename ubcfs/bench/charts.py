@@ -7,8 +7,9 @@ drawn from the results document alone:
   active, inactive, wired, dirty, anon) sampled during each of its jobs in the first round
   that has samples, the jobs one after the other, and below them the rates of pageouts,
   swap-outs and swap-ins per second;
-* ``fastpath.png``: the daemon's CPU seconds per GiB of extending writes with the fast path
-  on and off (``--no-extend-fastpath``), and their MB/s;
+* ``fastpath.png``: the daemon's CPU seconds per GiB of extending writes (all threads, and the
+  trio thread alone) with the fast path on and off (``--no-extend-fastpath``), and their
+  MB/s;
 * ``policies.png``: the hit ratios of the loop and scan jobs per page-replacement policy,
   and their MB/s.
 """
@@ -183,7 +184,7 @@ def _variant_figure(doc: dict[str, Any], jobs: list[str], path: str, title: str)
         cols = list(doc.get("variants", {}).get(job, []))
         unit, higher = report.metric_unit(doc, job, metric)
         stats = [results[job].get(c, {}).get(metric) for c in cols]
-        t = f"{job} {metric} ({unit}{'' if higher else ', lower is better'})"
+        t = f"{job} {metric}\n({unit}{'' if higher else ', lower is better'})"
         drawn |= _bars(axes[0][i], cols, stats, t, log_ok=unit != "ratio")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -223,8 +224,9 @@ def write_all(doc: dict[str, Any], out: str) -> list[str]:
 
 _CAPTIONS: Final = {
     "throughput.png": "Throughput per job and target: medians over rounds, error bars min-max.",
-    "fastpath.png": "The daemon's CPU seconds per GiB of extending writes (and MB/s), with the"
-    " extending-write fast path on and off.",
+    "fastpath.png": "The daemon's CPU seconds per GiB of extending writes, all its threads and"
+    " the trio thread alone (and MB/s), with the extending-write fast path on and off, both"
+    " measured at the same time.",
     "policies.png": "Hit ratios and throughput of the loop and scan jobs per page-replacement"
     " policy.",
 }

@@ -14,6 +14,7 @@ and the results so far are written (``"partial": true``), with the charts; exit 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import shutil
 import sys
@@ -309,6 +310,9 @@ class Bench:
         self.progress.end(_summary_line(job, shown))
 
     def run_variants(self, r: int, job: str) -> None:
+        if jobs.SPECS[job].together:
+            self.run_variants_together(r, job)
+            return
         vs = stats.rotate(jobs.variants(job, self.cfg), r)
         self.progress.start(r, job, len(vs))
         shown: list[str] = []
@@ -336,6 +340,50 @@ class Bench:
             self._record(r, job, label, values, _delta(before, after), sampler.samples, "")
             shown.append(
                 " ".join(f"{label} {k} {report.fmt_value(v, job, k)}" for k, v in values.items())
+            )
+        self.progress.end(_summary_line(job, shown))
+
+    def run_variants_together(self, r: int, job: str) -> None:
+        """Mount every variant, warm each up, then measure them all at the same time, each
+        in a thread of its own: on two cores the variants then see the same machine
+        speed, which measuring one after the other does not give (in turn, whichever ran
+        first in a round came out slower, by up to 40%)."""
+        vs = stats.rotate(jobs.variants(job, self.cfg), r)
+        self.progress.start(r, job, len(vs))
+        self.where = f"round {r + 1}, {job}"
+        live: list[Target] = []
+        try:
+            for label, extra in vs:
+                base = os.path.join(self.root, f"r{r}-{job}-{label}")
+                t = self._target("ubcfs", label, base, extra)
+                live.append(t)
+                jobs.prepare_backing(job, t.backing, self.cfg)
+                t.mount()
+                if self.core == "unknown":
+                    self.core = str(t.info.get("core", "unknown"))
+            for i, t in enumerate(live):
+                self.progress.step(i, t.label)
+                jobs.warm_up(job, t, self.ctx)
+            os.sync()
+            befores = [t.counters() for t in live]
+            with concurrent.futures.ThreadPoolExecutor(len(live)) as pool:
+                futures = [pool.submit(jobs.measure_variant, job, t, self.ctx) for t in live]
+                results = [f.result() for f in futures]
+            afters = [t.counters() for t in live]
+            for t in live:
+                t.umount()
+        except (JobError, OSError) as e:
+            self._error(r, job, "+".join(label for label, _ in vs), str(e))
+            return
+        finally:
+            for t in live:
+                t.force_umount()
+                t.remove()
+        shown: list[str] = []
+        for t, values, before, after in zip(live, results, befores, afters, strict=True):
+            self._record(r, job, t.label, values, _delta(before, after), [], "")
+            shown.append(
+                " ".join(f"{t.label} {k} {report.fmt_value(v, job, k)}" for k, v in values.items())
             )
         self.progress.end(_summary_line(job, shown))
 

@@ -161,10 +161,12 @@ def mounted_under(root: str) -> list[str]:
     return [p for p in mount_points() if p.startswith(prefix)]
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all its threads), None if gone."""
+def cpu_seconds(pid: int, main_thread: bool = False) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads; with
+    ``main_thread``, only the thread whose id is ``pid``), None if gone."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
