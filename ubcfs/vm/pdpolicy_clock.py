@@ -164,9 +164,4 @@ class ClockPolicy(PdPolicy):
         return [self.active, self.inactive]
 
     def report(self) -> dict[str, int]:
-        exp = self.uvm.uvmexp
-        return {
-            "active_pages": self.active.count,
-            "inactive_pages": self.inactive.count,
-            "inactive_target": exp.inactarg,
-        }
+        return super().report() | {"inactive_target": self.uvm.uvmexp.inactarg}

@@ -159,10 +159,10 @@ class ClockProPolicy(PdPolicy):
 
     def __init__(self, uvm: Uvm) -> None:
         super().__init__(uvm)
-        self.newq = PageQueue("new", PQ_NEWQ)
-        self.coldq = PageQueue("cold", PQ_COLDQ)
-        self.hotq = PageQueue("hot", PQ_HOTQ)
-        self.listq = PageQueue("list", PQ_LISTQ)
+        self.newq = PageQueue("newq", PQ_NEWQ)
+        self.coldq = PageQueue("coldq", PQ_COLDQ)
+        self.hotq = PageQueue("hotq", PQ_HOTQ)
+        self.listq = PageQueue("listq", PQ_LISTQ)
         self.npages = 0  # queued pages (kernel: s_npages)
         self.ncold = 0  # queued cold pages (kernel: s_ncold)
         self.coldtarget = 1
@@ -505,16 +505,13 @@ class ClockProPolicy(PdPolicy):
         return [self.newq, self.coldq, self.hotq, self.listq]
 
     def report(self) -> dict[str, int]:
-        return {
-            "new_pages": self.newq.count,
-            "cold_queue_pages": self.coldq.count,
-            "hot_queue_pages": self.hotq.count,
-            "list_pages": self.listq.count,
+        return super().report() | {
             "hot": self.npages - self.ncold,
             "cold": self.ncold,
             "cold_target": self.coldtarget,
             "nonresident": self.nres.count(),
-        } | self.counts
+            **self.counts,
+        }
 
     def check(self, out: list[str]) -> None:
         super().check(out)

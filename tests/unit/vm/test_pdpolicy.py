@@ -369,3 +369,19 @@ def test_pagereclaimable_answers_as_the_policy_would_choose() -> None:
     pageactivate(uvm, cold)  # a use sets PQ_REFERENCED, not a pmap bit
     assert not uvm.pdpolicy.pagereclaimable(cold)
     assert not uvm.pdpolicy.pagereclaimable(pages[-1]), "new, queued because it was used"
+
+
+def test_the_reports_have_what_stat_and_top_show() -> None:
+    uvm = machine("clock")
+    fill(uvm, UvmObject(uvm, "f"), 10)
+    rep = uvm.pdpolicy.report()
+    assert (rep["active_pages"], rep["inactive_pages"]) == (10, 0)
+    assert rep["inactive_target"] == uvm.uvmexp.inactarg
+    uvm = machine("clockpro")
+    fill(uvm, UvmObject(uvm, "f"), 100)
+    rep = uvm.pdpolicy.report()
+    assert sum(rep[f"{q}_pages"] for q in ("newq", "coldq", "hotq", "listq")) == 100
+    assert rep["hot"] + rep["cold"] == 100
+    assert rep["cold_target"] == clockpro(uvm).coldtarget
+    assert rep["nonresident"] == 0
+    assert rep["nres_recorded"] == 0
