@@ -62,6 +62,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ubcfs.bench import jobs as bench_jobs
 from ubcfs.options import UsageError, parse_size
 
 UBCFS = os.path.join(os.path.dirname(sys.executable), "ubcfs")
@@ -203,37 +204,16 @@ def run_fio(job: Job, directory: str) -> float:
 # Repetitions of the metadata job per target (the median is kept): a single one swings by
 # 2-3x on these machines, with the backing file system's journal and the host's write-back.
 META_REPEATS = 3
-# Seconds to wait between the creates and the stats, longer than the attribute and entry
-# timeouts of ubcfs and nullfs (1 s): every stat then asks the daemon, instead of a share of
-# them (those of files created in the last second) being answered by the kernel's cache.
-ATTR_EXPIRY = 1.3
+# Each run waits ubcfs.bench.jobs.ATTR_EXPIRY (1.3 s) between the creates and the stats,
+# longer than the attribute and entry timeouts of ubcfs and nullfs (1 s): every stat then
+# asks the daemon instead of the kernel's cache.
 
 
 def metadata_job(directory: str, n: int) -> dict[str, float]:
     """Create, stat and unlink ``n`` files, ``META_REPEATS`` times; the median rates."""
     os.sync()  # the fio jobs' data goes to disk now, not during the timing
-    runs = [_metadata_run(directory, n) for _ in range(META_REPEATS)]
+    runs = [bench_jobs.metadata(directory, n) for _ in range(META_REPEATS)]
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
-def _metadata_run(directory: str, n: int) -> dict[str, float]:
-    d = os.path.join(directory, "meta")
-    os.makedirs(d, exist_ok=True)
-    names = [os.path.join(d, f"f{i:06d}") for i in range(n)]
-    t0 = time.perf_counter()
-    for p in names:
-        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
-    t1 = time.perf_counter()
-    time.sleep(ATTR_EXPIRY)
-    t1b = time.perf_counter()
-    for p in names:
-        os.stat(p)
-    t2 = time.perf_counter()
-    for p in names:
-        os.unlink(p)
-    t3 = time.perf_counter()
-    os.rmdir(d)
-    return {"create": n / (t1 - t0), "stat": n / (t2 - t1b), "unlink": n / (t3 - t2)}
 
 
 def make_file(path: str, size: int) -> None:
